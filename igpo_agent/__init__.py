@@ -1,0 +1,10 @@
+"""igpo_agent: the IGPO learner (see ../shared/IGPO_SPEC.md and the README).
+
+Importing the package sets torch's threading policy before torch loads: on small CPU
+machines the default busy-waiting OpenMP policy makes generation ~30x slower.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
