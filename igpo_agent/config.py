@@ -468,15 +468,3 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     except ValueError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")  # parser.error exits
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between two config dicts: ``{key: (old, new)}``."""
-    keys = list(old) + [k for k in new if k not in old]
-    missing = object()
-    out = {}
-    for k in keys:
-        a, b = old.get(k, missing), new.get(k, missing)
-        if a != b:
-            out[k] = (None if a is missing else a, None if b is missing else b)
-    return out
