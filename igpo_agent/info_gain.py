@@ -1,0 +1,389 @@
+"""Belief values v_t for every turn boundary of a trajectory (IGPO_SPEC "Turn reward", "Cost").
+
+    v_t = mean_j log pi(g_j | token_ids[:b_t], W_prefix, g_<j)
+
+where g is the first gold alias's tokens inside the answer wrapper the agent itself would
+emit (``answer_prefix + gold + answer_suffix``, e.g. ``<answer>`` ... ``</answer>``), and
+b_t are ``Trajectory.boundaries()``. Only the gold's tokens are scored; the differences
+(``log_prob_diff`` / ``prob_diff``) are taken in ``rewards.py``.
+
+Two implementations that must agree (tested to 1e-4):
+
+- ``"naive"`` (the reference): one forward pass per boundary over ``prefix + wrapper``.
+- ``"packed"`` (default): one forward pass per micro-batch of trajectories. Each row holds
+  the trajectory once (up to its last boundary) followed by one copy of the wrapper per
+  boundary; a 4-D attention mask lets copy t see only tokens ``< b_t`` and itself
+  (causally), and its position ids continue from b_t. Only the logits that predict gold
+  tokens are computed (``logits_to_keep``). Cost: the trajectory is encoded once instead of
+  once per turn (~T times fewer tokens for T turns).
+
+transformers 5 passes a 4-D mask through unchanged (``masking_utils``: "If the mask is
+already 4D, simply return as-is") to the attention function; we build it additive
+(0 = attend, dtype min = blocked) in the model's dtype, which the ``eager`` path adds to the
+scores and ``sdpa`` accepts as ``attn_mask``. Flash-attention kernels ignore such masks,
+so the packed path refuses them (use ``method="naive"`` there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+Method = Literal["packed", "naive"]
+_PACKED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class GoldSpec:
+    """The answer wrapper as token ids and which of them are the gold answer's tokens.
+
+    ``ids`` tokenises ``answer_prefix + gold + answer_suffix`` in one go (as the agent
+    would emit it); ``scored`` are the indices into ``ids`` of the tokens that are scored:
+    every token whose character span overlaps the gold's characters. A token straddling
+    the wrapper/gold boundary (e.g. ``">1"`` in ``<answer>1984``) contains gold characters,
+    so it is scored: producing the gold requires producing that token. ``method`` says how
+    the spans were found: ``"offsets"`` (fast tokenizer offset mapping) or ``"decode"``
+    (cumulative decoding, for tokenizers without offsets).
+    """
+
+    gold: str
+    ids: tuple[int, ...]
+    scored: tuple[int, ...]
+    method: str
+
+    @property
+    def context_len(self) -> int:
+        """Wrapper tokens that must be fed as input: all up to (not incl.) the last scored one."""
+        return self.scored[-1]
+
+
+def _offset_spans(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+
+def _decode_spans(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Character spans by decoding growing prefixes of the ids.
+
+    A token whose prefix does not decode to a prefix of ``text`` (e.g. half of a multi-byte
+    character) is grouped with the following tokens until the text lines up again; every
+    token of a group gets the group's span.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    if decode(ids) != text:
+        raise ValueError(
+            f"the tokenizer does not round-trip {text!r} (decodes to {decode(ids)!r}); "
+            "cannot locate the gold answer's tokens without offsets: use a fast tokenizer"
+        )
+    spans: list[tuple[int, int]] = [(0, 0)] * len(ids)
+    prev, pending = 0, []
+    for k in range(len(ids)):
+        pending.append(k)
+        head = decode(ids[: k + 1])
+        if text.startswith(head) and len(head) >= prev and "\ufffd" not in head[prev:]:
+            for j in pending:
+                spans[j] = (prev, len(head))
+            prev, pending = len(head), []
+    for j in pending:
+        spans[j] = (prev, len(text))
+    return ids, spans
+
+
+def gold_spec(
+    tokenizer: Any,
+    gold: str,
+    answer_prefix: str = "",
+    answer_suffix: str = "",
+    *,
+    use_offsets: bool | None = None,
+) -> GoldSpec:
+    """Tokenise the wrapper with ``gold`` inside and mark the gold's tokens.
+
+    ``use_offsets=None`` uses the offset mapping when the tokenizer is a fast one and falls
+    back to cumulative decoding otherwise; ``True``/``False`` force one way (tests).
+    """
+    if not gold:
+        raise ValueError("the gold answer is empty; every QA example needs a non-empty answer")
+    text = answer_prefix + gold + answer_suffix
+    start, end = len(answer_prefix), len(answer_prefix) + len(gold)
+    if use_offsets is None:
+        use_offsets = bool(getattr(tokenizer, "is_fast", False))
+    ids, spans = (_offset_spans if use_offsets else _decode_spans)(tokenizer, text)
+    scored = tuple(i for i, (a, b) in enumerate(spans) if b > a and a < end and b > start)
+    if not scored:
+        raise ValueError(f"no token of {text!r} covers the gold {gold!r}; check the tokenizer")
+    if list(scored) != list(range(scored[0], scored[-1] + 1)):
+        raise ValueError(f"the gold {gold!r} tokens are not contiguous in {ids}")
+    return GoldSpec(
+        gold=gold,
+        ids=tuple(int(i) for i in ids),
+        scored=scored,
+        method="offsets" if use_offsets else "decode",
+    )
+
+
+# ---------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _scoring_mode(model: Any) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd; the training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _validate(seqs: Sequence[Sequence[int]], boundaries: Sequence[Sequence[int]], golds) -> None:
+    if not len(seqs) == len(boundaries) == len(golds):
+        raise ValueError(
+            f"seqs ({len(seqs)}), boundaries ({len(boundaries)}) and golds ({len(golds)}) "
+            "must have one entry per trajectory"
+        )
+    for i, (seq, bounds, gold) in enumerate(zip(seqs, boundaries, golds, strict=True)):
+        last = 0
+        for b in bounds:
+            if not last <= b <= len(seq):
+                raise ValueError(
+                    f"trajectory {i}: boundaries {list(bounds)} must be ascending and within "
+                    f"its {len(seq)} tokens"
+                )
+            last = b
+        if bounds and bounds[0] == 0 and gold.scored[0] == 0:
+            raise ValueError(
+                f"trajectory {i}: an empty prefix cannot predict the first gold token; "
+                "give the prompt at least one token"
+            )
+
+
+def _gold_logprob_mean(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean of log_softmax(logits)[targets]; logits (n, V), targets (n,)."""
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])
+    return float(lp.mean())
+
+
+# ---------------------------------------------------------------------------- naive
+def _naive(model: Any, seqs, boundaries, golds) -> list[list[float]]:
+    device, _ = _device_dtype(model)
+    out: list[list[float]] = []
+    for seq, bounds, gold in zip(seqs, boundaries, golds, strict=True):
+        scored = torch.tensor(gold.scored)
+        targets = torch.tensor([gold.ids[j] for j in gold.scored], device=device)
+        values = []
+        for b in bounds:
+            ids = list(seq[:b]) + list(gold.ids[: gold.context_len])
+            logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits
+            values.append(_gold_logprob_mean(logits[0, b + scored - 1], targets))
+        out.append(values)
+    return out
+
+
+# ---------------------------------------------------------------------------- packed
+@dataclass
+class _Row:
+    """One trajectory laid out for the packed pass (unpadded)."""
+
+    ids: list[int]
+    pos: list[int]  # position id of each token
+    seg: list[int]  # -1: trajectory; t: copy of the wrapper for boundary t
+    limit: list[int]  # for copy tokens: b_t (copy sees trajectory tokens < b_t)
+    predictors: list[
+        list[int]
+    ]  # per boundary: row index of the logits that predict each gold token
+    targets: list[int]  # gold token ids (same for every boundary)
+
+
+def _layout(seq: Sequence[int], bounds: Sequence[int], gold: GoldSpec) -> _Row:
+    n = max(bounds)
+    ids, pos = list(seq[:n]), list(range(n))
+    seg, limit = [-1] * n, [0] * n
+    copy = list(gold.ids[: gold.context_len])
+    predictors = []
+    for t, b in enumerate(bounds):
+        base = len(ids)
+        ids += copy
+        pos += [b + j for j in range(len(copy))]
+        seg += [t] * len(copy)
+        limit += [b] * len(copy)
+        # gold token j is predicted by wrapper token j-1, or by the last prefix token when j == 0
+        predictors.append([base + j - 1 if j > 0 else b - 1 for j in gold.scored])
+    return _Row(ids, pos, seg, limit, predictors, [gold.ids[j] for j in gold.scored])
+
+
+def packed_attention_mask(
+    pos: torch.Tensor, seg: torch.Tensor, limit: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive 4-D mask (B, 1, L, L) for packed rows; pos/seg/limit are (B, L), seg -2 = pad.
+
+    Query q may see key k when both are trajectory tokens and pos_k <= pos_q; when both are
+    in the same wrapper copy and pos_k <= pos_q; or when q is in a copy, k is a trajectory
+    token and pos_k < limit_q (= b_t). Every token sees itself, so padding rows stay finite.
+    """
+    pq, pk = pos[:, :, None], pos[:, None, :]
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    same = (sq == sk) & (sq >= -1) & (pk <= pq)
+    into_prefix = (sq >= 0) & (sk == -1) & (pk < limit[:, :, None])
+    length = pos.shape[1]
+    eye = torch.eye(length, dtype=torch.bool, device=pos.device)[None]
+    allowed = same | into_prefix | eye  # (B, L, L)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=pos.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def _packed_batch(model: Any, rows: list[_Row], padding_side: str) -> list[list[float]]:
+    device, dtype = _device_dtype(model)
+    length = max(len(r.ids) for r in rows)
+    pad_id = 0
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), length), dtype=torch.long)
+    seg = torch.full((len(rows), length), -2, dtype=torch.long)
+    limit = torch.zeros((len(rows), length), dtype=torch.long)
+    offsets = []
+    for i, r in enumerate(rows):
+        off = length - len(r.ids) if padding_side == "left" else 0
+        offsets.append(off)
+        sl = slice(off, off + len(r.ids))
+        ids[i, sl], pos[i, sl] = torch.tensor(r.ids), torch.tensor(r.pos)
+        seg[i, sl], limit[i, sl] = torch.tensor(r.seg), torch.tensor(r.limit)
+    mask = packed_attention_mask(pos, seg, limit, dtype)
+    wanted = sorted(
+        {off + p for r, off in zip(rows, offsets, strict=True) for ps in r.predictors for p in ps}
+    )
+    kwargs: dict[str, Any] = {}
+    keep = torch.tensor(wanted, dtype=torch.long)
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = keep.to(device)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        use_cache=False,
+        **kwargs,
+    ).logits  # (B, K, V) with logits_to_keep, else (B, L, V)
+    column = {p: k for k, p in enumerate(wanted)} if kwargs else None
+    out = []
+    for i, (r, off) in enumerate(zip(rows, offsets, strict=True)):
+        targets = torch.tensor(r.targets, device=logits.device)
+        values = []
+        for ps in r.predictors:
+            idx = [column[off + p] if column is not None else off + p for p in ps]
+            values.append(_gold_logprob_mean(logits[i, idx], targets))
+        out.append(values)
+    return out
+
+
+def _micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group row indices (longest first) so that rows x padded length <= max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _packed(model, seqs, boundaries, golds, max_tokens, padding_side) -> list[list[float]]:
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in _PACKED_ATTENTION:
+        raise ValueError(
+            f"the packed belief pass needs attn_implementation in {_PACKED_ATTENTION}, the "
+            f"model uses {impl!r}: load it with attn_implementation='sdpa' or use method='naive'"
+        )
+    out: list[list[float]] = [[] for _ in seqs]
+    todo = [i for i, b in enumerate(boundaries) if len(b)]
+    rows = {i: _layout(seqs[i], boundaries[i], golds[i]) for i in todo}
+    lengths = [len(rows[i].ids) for i in todo]
+    for batch in _micro_batches(lengths, max_tokens):
+        members = [todo[j] for j in batch]
+        for i, values in zip(
+            members, _packed_batch(model, [rows[i] for i in members], padding_side), strict=True
+        ):
+            out[i] = values
+    return out
+
+
+# ---------------------------------------------------------------------------- public
+def belief_values(
+    model: Any,
+    seqs: Sequence[Sequence[int]],
+    boundaries: Sequence[Sequence[int]],
+    golds: Sequence[GoldSpec],
+    *,
+    method: Method = "packed",
+    max_tokens_per_batch: int = 8192,
+    padding_side: Literal["left", "right"] = "left",
+) -> list[list[float]]:
+    """v_t for every boundary of every trajectory, under ``model`` with no gradient.
+
+    ``seqs[i]`` are trajectory i's token ids, ``boundaries[i]`` its ascending prefix
+    lengths b_0..b_{T-1} (``Trajectory.boundaries()``), ``golds[i]`` its ``GoldSpec``.
+    Returns ``values[i][t]`` = mean log-prob of the gold tokens after ``seqs[i][:b_t]`` and
+    the wrapper prefix. ``max_tokens_per_batch`` bounds rows x padded length per forward
+    (packed); the packed path's attention also holds B x heads x L^2 scores. The model is
+    put in eval mode for the call and restored after.
+    """
+    _validate(seqs, boundaries, golds)
+    if method not in ("packed", "naive"):
+        raise ValueError(f"unknown method {method!r}; choose 'packed' or 'naive'")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    with _scoring_mode(model):
+        if method == "naive":
+            return _naive(model, seqs, boundaries, golds)
+        return _packed(model, seqs, boundaries, golds, max_tokens_per_batch, padding_side)
+
+
+def trajectory_belief_values(
+    policy: Any,
+    trajectories: Sequence[Any],
+    answer_prefix: str,
+    answer_suffix: str,
+    *,
+    method: Method = "packed",
+    max_tokens_per_batch: int = 8192,
+) -> list[list[float]]:
+    """``belief_values`` for ``Trajectory`` objects under ``policy.model`` (the rollout policy).
+
+    Uses each trajectory's first gold alias and ``boundaries()``; the wrapper strings come
+    from the env's ``info["protocol"]``. Returns one list of T values per trajectory.
+    """
+    specs: dict[str, GoldSpec] = {}
+    golds = []
+    for tr in trajectories:
+        if not tr.answers:
+            raise ValueError(f"trajectory {tr.qid!r} has no gold answers; IG needs one")
+        gold = tr.answers[0]
+        if gold not in specs:
+            specs[gold] = gold_spec(policy.tokenizer, gold, answer_prefix, answer_suffix)
+        golds.append(specs[gold])
+    return belief_values(
+        policy.model,
+        [tr.token_ids for tr in trajectories],
+        [tr.boundaries() for tr in trajectories],
+        golds,
+        method=method,
+        max_tokens_per_batch=max_tokens_per_batch,
+    )
