@@ -90,6 +90,13 @@ class Checkpoint:
 # --- RNG --------------------------------------------------------------------------------
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global state and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
 def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Snapshot python, numpy, torch CPU/CUDA and the named generators' states.
 
