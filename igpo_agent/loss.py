@@ -36,10 +36,11 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_rows: int = 1) -> T
 
         torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
-    Here: ``logit[id] - logsumexp(logits)`` for fp32/fp64, computed ``chunk_rows`` rows of
-    the leading dim at a time so that no full-size copy of the logits is made; fp16/bf16
-    logits are upcast to fp32 one chunk at a time (their logsumexp is too imprecise), so
-    the result is fp32 for them. Differentiable.
+    Here the log-softmax is taken ``chunk_rows`` rows of the leading dim at a time and
+    only the chosen entries are kept, so peak extra memory is one chunk, not a full-size
+    copy of the logits; fp16/bf16 logits are upcast to fp32 one chunk at a time (their
+    normaliser is too imprecise otherwise), so the result is fp32 for them.
+    Differentiable.
     """
     if logits.shape[:-1] != ids.shape:
         raise ValueError(
@@ -51,8 +52,8 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_rows: int = 1) -> T
     for lg, ix in zip(logits.split(chunk_rows), ids.split(chunk_rows), strict=True):
         if lg.dtype in _LOW_PRECISION:
             lg = lg.float()
-        picked = lg.gather(-1, ix.long().unsqueeze(-1)).squeeze(-1)
-        out.append(picked - torch.logsumexp(lg, dim=-1))
+        lsm = torch.log_softmax(lg, dim=-1)
+        out.append(lsm.gather(-1, ix.long().unsqueeze(-1)).squeeze(-1))
     return torch.cat(out)
 
 
@@ -64,7 +65,7 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int = 1) -> Tensor:
         p = torch.softmax(logits, -1)
         -(p * torch.log_softmax(logits, -1)).sum(-1)
 
-    Here: ``logsumexp(z) - sum(softmax(z) * z)``, ``chunk_rows`` leading rows at a time,
+    Here: ``logsumexp(z) - <softmax(z), z>``, ``chunk_rows`` leading rows at a time,
     fp16/bf16 upcast to fp32 per chunk (result fp32). Differentiable.
     """
     if logits.dim() == 1:
@@ -74,7 +75,7 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int = 1) -> Tensor:
         if lg.dtype in _LOW_PRECISION:
             lg = lg.float()
         p = torch.softmax(lg, dim=-1)
-        out.append(torch.logsumexp(lg, dim=-1) - (p * lg).sum(-1))
+        out.append(torch.logsumexp(lg, dim=-1) - torch.linalg.vecdot(p, lg))
     return torch.cat(out)
 
 
