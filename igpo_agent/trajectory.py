@@ -50,6 +50,9 @@ class Trajectory:
     context_truncated: bool = False  # stopped because the model's context was full
     group: int = 0  # index of the question within the batch
     qid: str = ""
+    dataset: str = ""  # the env's info["dataset"]
+    answer_text: str = ""  # the agent's final answer as the env parsed it ("" if none)
+    answer_metrics: dict[str, float] = field(default_factory=dict)  # env's em/f1/cover_em
 
     @property
     def num_turns(self) -> int:
