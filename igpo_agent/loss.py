@@ -187,8 +187,10 @@ def policy_loss(
     """
     _check_mode(loss_agg)
     shape = logp.shape
-    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
-        if t.shape != shape:
+    named = {"old_logp": old_logp, "advantages": advantages, "mask": mask}
+    named.update({"ref_logp": ref_logp, "entropy": entropy})
+    for name, t in named.items():
+        if t is not None and t.shape != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but logp has {tuple(shape)}")
     lo = clip_eps if clip_eps_low is None else clip_eps_low
     hi = clip_eps if clip_eps_high is None else clip_eps_high

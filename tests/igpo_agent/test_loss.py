@@ -281,5 +281,7 @@ def test_bad_arguments_are_named():
         policy_loss(x, x, x, m, kl_coef=0, ent_coef=0, clip_ratio_c=0.5)
     with pytest.raises(ValueError, match="advantages has shape"):
         policy_loss(x, x, torch.zeros(2, 2), m, kl_coef=0, ent_coef=0)
+    with pytest.raises(ValueError, match="ref_logp has shape"):
+        policy_loss(x, x, x, m, ref_logp=torch.zeros(2), ent_coef=0)
     with pytest.raises(ValueError, match="normalizer"):
         aggregate_loss(x, m, normalizer=0.0)
