@@ -28,6 +28,7 @@ only stopwords or punctuation yields no hits instead of an arbitrary ranking.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -46,18 +47,18 @@ _TOKENIZER_VERSION = "lower-w2-stopen-v1"
 _INDEX_FORMAT = 1
 
 
+@functools.cache
 def _stopwords() -> frozenset[str]:
+    """bm25s's English stopword list (imported lazily: importing this module stays cheap)."""
     from bm25s.stopwords import STOPWORDS_EN
 
     return frozenset(STOPWORDS_EN)
 
 
-_STOPWORDS = _stopwords()
-
-
 def tokenize(text: str) -> list[str]:
     """Lower-case words of two or more word characters, English stopwords removed."""
-    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in _STOPWORDS]
+    stop = _stopwords()
+    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in stop]
 
 
 def document_tokens(doc: Document) -> list[str]:
@@ -151,6 +152,8 @@ class BM25sRetriever:
             **self.params,
         }
         self._lock = threading.Lock()
+        if self.backend == "numba":
+            _enable_numba_cache()
         self.index_dir = Path(index_dir) if index_dir is not None else None
         if self.index_dir is None:
             self.model = self._build(bm25s)
@@ -161,13 +164,15 @@ class BM25sRetriever:
                 str(self.index_dir),
                 mmap=mmap,
                 show_progress=False,
-                override_params={"backend": self.backend},
+                override_params={"backend": self.backend, "auto_compile": False},
             )
         self.model.backend = self.backend
         self._warm_up()
 
     def _build(self, bm25s_mod):
-        model = bm25s_mod.BM25(**self.params, backend=self.backend)
+        # auto_compile=False: index building runs in numpy (fast enough, and it skips ~10 s of
+        # JIT for the build kernels); retrieval still uses bm25s's numba kernel.
+        model = bm25s_mod.BM25(**self.params, backend=self.backend, auto_compile=False)
         model.index([document_tokens(d) for d in self.docs], show_progress=False)
         return model
 
@@ -291,6 +296,19 @@ class RankBM25Retriever:
 
     def __repr__(self) -> str:
         return f"RankBM25Retriever(docs={len(self.docs)}, {self.params})"
+
+
+@functools.cache
+def _enable_numba_cache() -> None:
+    """Cache bm25s's retrieval kernel on disk (numba's own cache, beside bm25s or in the user
+    cache dir): its JIT compile costs 5-20 s here, so every later process starts in ~0.3 s.
+    bm25s does not ask for this itself; if its internals move, we only lose the cache."""
+    try:
+        from bm25s.numba import retrieve_utils
+
+        retrieve_utils._retrieve_internal_jitted_serial.enable_caching()
+    except (ImportError, AttributeError, OSError, RuntimeError):  # pragma: no cover
+        pass
 
 
 def _numba_available() -> bool:
