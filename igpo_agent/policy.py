@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -218,7 +219,9 @@ class Policy:
                 bias="none",
                 task_type="CAUSAL_LM",
             )
-            net = get_peft_model(base, config)
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+                net = get_peft_model(base, config)
         else:
             net = base
             if reference_copy:
