@@ -65,7 +65,7 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int = 1) -> Tensor:
         p = torch.softmax(logits, -1)
         -(p * torch.log_softmax(logits, -1)).sum(-1)
 
-    Here: ``logsumexp(z) - <softmax(z), z>``, ``chunk_rows`` leading rows at a time,
+    Here: ``-<exp(lsm), lsm>`` with ``lsm = log_softmax(z)``, ``chunk_rows`` leading rows at a time,
     fp16/bf16 upcast to fp32 per chunk (result fp32). Differentiable.
     """
     if logits.dim() == 1:
@@ -74,8 +74,8 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int = 1) -> Tensor:
     for lg in logits.split(chunk_rows):
         if lg.dtype in _LOW_PRECISION:
             lg = lg.float()
-        p = torch.softmax(lg, dim=-1)
-        out.append(torch.logsumexp(lg, dim=-1) - torch.linalg.vecdot(p, lg))
+        lsm = torch.log_softmax(lg, dim=-1)
+        out.append(-torch.linalg.vecdot(lsm.exp(), lsm))
     return torch.cat(out)
 
 
