@@ -97,7 +97,7 @@ def _hits(docs: list[Document], idx: np.ndarray, scores: np.ndarray) -> list[Hit
     return out
 
 
-def _atomic_dir(final: Path, build) -> None:
+def build_dir_atomically(final: Path, build) -> None:
     """Build into a temporary sibling folder, then rename it into place (safe for racing builders)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
@@ -159,7 +159,7 @@ class BM25sRetriever:
             self.model = self._build(bm25s)
         else:
             if not self._meta_matches(self.index_dir):
-                _atomic_dir(self.index_dir, self._save_new)
+                build_dir_atomically(self.index_dir, self._save_new)
             self.model = bm25s.BM25.load(
                 str(self.index_dir),
                 mmap=mmap,
@@ -271,7 +271,7 @@ class RankBM25Retriever:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            _atomic_dir(self.index_dir, save)
+            build_dir_atomically(self.index_dir, save)
         with open(self.index_dir / "model.pkl", "rb") as fh:
             self.model = pickle.load(fh)  # noqa: S301  (our own cache file)
 
