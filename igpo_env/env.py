@@ -13,7 +13,7 @@ from gymnasium.error import ResetNeeded
 from igpo_env.data import QAExample, load_qa, resolve_qa_path
 from igpo_env.metrics import METRICS, MODES, score_answer
 from igpo_env.protocol import Answer, Invalid, Protocol, Search, get_protocol
-from igpo_env.retrievers.base import Retriever, SearchError, make_retriever
+from igpo_env.retrievers.base import Retriever, SearchError, available_retrievers, make_retriever
 from igpo_env.spaces import FreeText
 
 LOCAL_BACKENDS = ("bm25", "bm25-rank", "dense")  # these take corpus=; the others do not
@@ -55,7 +55,7 @@ class SearchQAEnv(gym.Env[str, str]):
     ## Action Space
 
     ``FreeText(max_action_chars)``: any ``str`` of at most ``max_action_chars``
-    (default 20,000) characters, one agent turn. With ``protocol="tags"`` (default)::
+    (default 100,000) characters, one agent turn. With ``protocol="tags"`` (default)::
 
         <think>optional reasoning</think><search>a query</search>
         <think>optional reasoning</think><answer>the answer</answer>
@@ -140,7 +140,7 @@ class SearchQAEnv(gym.Env[str, str]):
     | `normalization`    | str                           | `"squad"`         | `"squad"` or `"igpo"` |
     | `format_penalty`   | float                         | -2.0              | reward of a malformed turn |
     | `on_invalid`       | str                           | `"continue"`      | `"continue"` (corrective observation) or `"terminate"` |
-    | `max_action_chars` | int                           | 20000             | longest accepted turn |
+    | `max_action_chars` | int                           | 100000            | longest accepted turn |
     | `max_query_words`  | int                           | 256               | words of a query sent to the retriever |
     | `max_query_chars`  | int                           | 2000              | characters of a query sent to the retriever |
     | `render_mode`      | str or None                   | None              | `"ansi"`: `render()` returns the transcript |
@@ -167,7 +167,7 @@ class SearchQAEnv(gym.Env[str, str]):
         normalization: str = "squad",
         format_penalty: float = -2.0,
         on_invalid: str = "continue",
-        max_action_chars: int = 20_000,
+        max_action_chars: int = 100_000,
         max_query_words: int = 256,
         max_query_chars: int = 2_000,
         render_mode: str | None = None,
@@ -243,6 +243,11 @@ class SearchQAEnv(gym.Env[str, str]):
                     "they cannot apply to a retriever instance (build it with them instead)"
                 )
             return retriever
+        if retriever not in available_retrievers():
+            raise ValueError(
+                f"unknown retriever {retriever!r}; choose one of {available_retrievers()} "
+                "or pass a Retriever instance"
+            )
         if retriever in LOCAL_BACKENDS:
             if url is not None:
                 raise ValueError(f"url is for remote backends; {retriever!r} reads corpus=")
