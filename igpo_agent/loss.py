@@ -65,8 +65,8 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int = 1) -> Tensor:
         p = torch.softmax(logits, -1)
         -(p * torch.log_softmax(logits, -1)).sum(-1)
 
-    Here: ``-<exp(lsm), lsm>`` with ``lsm = log_softmax(z)``, ``chunk_rows`` leading rows at a time,
-    fp16/bf16 upcast to fp32 per chunk (result fp32). Differentiable.
+    Here: ``-<exp(lsm), lsm>`` with ``lsm = log_softmax(z)``, ``chunk_rows`` leading rows
+    at a time, fp16/bf16 upcast to fp32 per chunk (result fp32). Differentiable.
     """
     if logits.dim() == 1:
         return entropy_from_logits(logits[None], chunk_rows)[0]
