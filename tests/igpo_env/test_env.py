@@ -230,3 +230,22 @@ def test_async_vector_env_builds_retrievers_in_workers(env_kwargs: dict) -> None
         sync.close()
     finally:
         envs.close()
+
+
+def test_async_vector_env_with_spawned_workers(env_kwargs: dict) -> None:
+    """Spawned workers share nothing with the parent: each builds its own retriever.
+
+    They have not imported igpo_env either, hence the ``igpo_env:`` prefix on the id.
+    """
+    fns = [lambda: gym.make("igpo_env:SearchQA-ToolCall-v0", **env_kwargs)] * 2
+    envs = gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn")
+    try:
+        _, infos = envs.reset(seed=[0, 0])
+        assert infos["qid"][0] == infos["qid"][1]
+        call = (
+            '<tool_call>{"name": "web_search", "arguments": {"query": ["Nile river"]}}</tool_call>'
+        )
+        _, rewards, _, _, infos = envs.step((call, "<answer>x</answer>"))
+        assert infos["doc_ids"][0][0] == "d-nile" and list(infos["action"]) == ["search", "answer"]
+    finally:
+        envs.close()
