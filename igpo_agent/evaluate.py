@@ -1,0 +1,259 @@
+"""Greedy evaluation episodes and the results table: ``python -m igpo_agent.evaluate``.
+
+Runs one greedy episode per question on one or more QA sets and reports EM, F1 and cover-EM
+(the env's scores of the final answer), turns per episode and the format-error rate, per
+dataset. Datasets with the paper's names appear in the paper's column order (NQ, TQ,
+HotpotQA, 2Wiki, MuSiQue, Bamboogle, PopQA) followed by any others and the average.
+
+Examples::
+
+    python -m igpo_agent.evaluate --qa default:dev --questions 64
+    python -m igpo_agent.evaluate --adapter runs/cpu_demo/final --qa nq=data/nq_test.jsonl \\
+        --qa hotpotqa=data/hotpotqa_dev.jsonl --corpus data/wiki18.jsonl --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.prompts import policy_prompt_fn
+from igpo_agent.rollout import RolloutStats, rollout_batch
+from igpo_agent.sampling import GenerationSettings
+from igpo_agent.trajectory import Trajectory
+
+# The paper's column order (IGPO_SPEC "Reference results"), with the names users give files.
+PAPER_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("NQ", ("nq", "naturalquestions", "natural_questions")),
+    ("TQ", ("tq", "triviaqa", "trivia_qa")),
+    ("HotpotQA", ("hotpotqa", "hotpot_qa", "hotpot")),
+    ("2Wiki", ("2wiki", "2wikimultihopqa", "2wikimqa")),
+    ("MuSiQue", ("musique",)),
+    ("Bamboogle", ("bamboogle",)),
+    ("PopQA", ("popqa",)),
+)
+METRIC_NAMES = ("f1", "em", "cover_em")
+
+
+def column_name(dataset: str) -> str:
+    """The paper's column name for a dataset name (case-insensitive), else the name itself."""
+    key = dataset.lower().replace("-", "").replace(" ", "")
+    for col, aliases in PAPER_COLUMNS:
+        if key in aliases:
+            return col
+    return dataset
+
+
+@dataclass
+class DatasetResult:
+    """Aggregates of one dataset's episodes (scores in [0, 1])."""
+
+    name: str
+    n: int
+    f1: float
+    em: float
+    cover_em: float
+    turns: float
+    searches: float
+    format_error_rate: float
+    answered_rate: float
+
+
+def summarize(trajs: Sequence[Trajectory], dataset: str) -> DatasetResult:
+    """Mean scores of finished episodes; an episode without an answer scores 0."""
+    n = len(trajs)
+    if n == 0:
+        raise ValueError(f"no episodes to summarise for {dataset!r}")
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / n
+
+    return DatasetResult(
+        name=dataset,
+        n=n,
+        f1=mean([t.answer_metrics.get("f1", 0.0) for t in trajs]),
+        em=mean([t.answer_metrics.get("em", 0.0) for t in trajs]),
+        cover_em=mean([t.answer_metrics.get("cover_em", 0.0) for t in trajs]),
+        turns=mean([float(t.num_turns) for t in trajs]),
+        searches=mean([float(sum(k == "search" for k in t.turn_kinds)) for t in trajs]),
+        format_error_rate=mean([float(not (t.format_ok and t.answered)) for t in trajs]),
+        answered_rate=mean([float(t.answered) for t in trajs]),
+    )
+
+
+def ordered(results: Sequence[DatasetResult]) -> list[DatasetResult]:
+    """Paper datasets first in the paper's order, then the others as given."""
+    order = {col: i for i, (col, _) in enumerate(PAPER_COLUMNS)}
+    return sorted(results, key=lambda r: order.get(column_name(r.name), len(order)))
+
+
+def results_table(results: Sequence[DatasetResult], *, markdown: bool = False) -> str:
+    """The paper-style table: one column per dataset (paper order) plus Avg; F1 first."""
+    rows = ordered(results)
+    cols = [column_name(r.name) for r in rows] + ["Avg"]
+    lines = []
+    body: list[list[str]] = []
+    for metric in METRIC_NAMES:
+        vals = [100 * getattr(r, metric) for r in rows]
+        avg = sum(vals) / len(vals) if vals else float("nan")
+        body.append([metric.upper().replace("_", "-")] + [f"{v:.1f}" for v in vals + [avg]])
+    details = [
+        ("n", [str(r.n) for r in rows] + [str(sum(r.n for r in rows))]),
+        ("turns", [f"{r.turns:.2f}" for r in rows] + [""]),
+        ("searches", [f"{r.searches:.2f}" for r in rows] + [""]),
+        ("format-err %", [f"{100 * r.format_error_rate:.1f}" for r in rows] + [""]),
+    ]
+    body += [[name] + vals for name, vals in details]
+    header = ["metric"] + cols
+    if markdown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+    else:
+        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+        for r in [header] + body:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def evaluate_policy(
+    policy: Any,
+    envs: Sequence[Any],
+    indices: Sequence[int],
+    *,
+    settings: GenerationSettings,
+    protocol: str,
+    stats: RolloutStats | None = None,
+) -> list[Trajectory]:
+    """One greedy (or as ``settings`` say) episode per question index, in env-sized chunks."""
+    prompt_fn = policy_prompt_fn(policy, protocol)
+    out: list[Trajectory] = []
+    for start in range(0, len(indices), len(envs)):
+        chunk = indices[start : start + len(envs)]
+        out += rollout_batch(
+            policy.model,
+            policy.tokenizer,
+            prompt_fn,
+            envs[: len(chunk)],
+            [{"index": int(i)} for i in chunk],
+            group_size=1,
+            settings=settings,
+            seed=0,
+            stats=stats,
+        )
+    return out
+
+
+def eval_indices(total: int, questions: int) -> list[int]:
+    """The first ``questions`` indices (all when 0 or more than there are): a fixed subset,
+    so that evaluations before and after training see the same questions."""
+    n = total if questions <= 0 else min(questions, total)
+    return list(range(n))
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m igpo_agent.evaluate",
+        description="Greedy search-agent evaluation: EM / F1 / cover-EM per dataset.",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or id")
+    p.add_argument("--adapter", default=None, help="a saved LoRA adapter (e.g. RUN/final)")
+    p.add_argument(
+        "--qa",
+        action="append",
+        default=None,
+        help="QA set, repeatable: default:dev, a FlashRAG JSONL path, or NAME=PATH",
+    )
+    p.add_argument("--corpus", default="default", help="corpus JSONL(.gz) or 'default'")
+    p.add_argument("--retriever", default="bm25", help="backend name or http(s) URL")
+    p.add_argument("--env-id", default="igpo_env:SearchQA-v0")
+    p.add_argument("--protocol", default="tags")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--doc-max-words", type=int, default=64)
+    p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--questions", type=int, default=64, help="per QA set; 0 = all")
+    p.add_argument("--batch", type=int, default=16, help="episodes generated together")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for results.json/.md and episodes.jsonl")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
+    args = _parse_args(argv)
+    from igpo_agent.policy import Policy, configure_torch_threads
+
+    configure_torch_threads(args.threads)
+    policy = Policy.load(
+        args.model, device=args.device, dtype=args.dtype, init_adapter=args.adapter
+    )
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    results: list[DatasetResult] = []
+    episodes: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for spec in args.qa or ["default:dev"]:
+        name, sep, path = spec.partition("=")
+        if not sep or spec.startswith("default"):
+            name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
+        kw = env_kwargs(
+            qa=path,
+            corpus=args.corpus,
+            retriever=args.retriever,
+            top_k=args.top_k,
+            doc_max_words=args.doc_max_words,
+            protocol=args.protocol,
+            format_penalty=-2.0,
+            on_invalid="continue",
+        )
+        envs = make_envs(args.env_id, max(1, args.batch), args.max_turns, **kw)
+        idx = eval_indices(question_count(envs[0]), args.questions)
+        trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=args.protocol)
+        dataset = name or (trajs[0].dataset if trajs else spec)
+        results.append(summarize(trajs, dataset))
+        episodes += [
+            {
+                "dataset": dataset,
+                "qid": t.qid,
+                "question": t.question,
+                "answers": t.answers,
+                "prediction": t.answer_text,
+                **t.answer_metrics,
+                "turns": t.num_turns,
+                "format_ok": t.format_ok,
+            }
+            for t in trajs
+        ]
+        for env in envs:
+            env.close()
+    table = results_table(results)
+    print(table)
+    print(f"({sum(r.n for r in results)} episodes in {time.perf_counter() - t0:.1f} s)")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(
+            json.dumps(
+                [r.__dict__ | {"column": column_name(r.name)} for r in ordered(results)], indent=2
+            )
+            + "\n"
+        )
+        (out / "results.md").write_text(results_table(results, markdown=True) + "\n")
+        with open(out / "episodes.jsonl", "w", encoding="utf-8") as fh:
+            for e in episodes:
+                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        print(f"wrote {out}/results.json, results.md, episodes.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""One IGPO/GRPO update from a batch of trajectories: beliefs -> advantages -> loss -> step.
+
+The glue between the pure math (:mod:`rewards`, :mod:`advantages`, :mod:`loss`) and the
+model (:mod:`policy`, :mod:`info_gain`). IGPO_SPEC "Turn reward", "Advantage", "Policy loss".
+
+- Beliefs v_t come from the rollout policy itself (pi_old, no grad) before the update.
+- With one PPO epoch the policy that sampled the batch is the one being differentiated
+  (the optimiser steps once, after all micro-batches), so pi_old's log-probs are the
+  detached current ones: exact, and one forward pass cheaper. With more epochs they are
+  computed once up front.
+- The reference policy for ``low_var_kl`` is the base model with the LoRA adapter disabled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from igpo_agent.advantages import TurnAdvantages, group_advantages, token_advantages
+from igpo_agent.info_gain import trajectory_belief_values
+from igpo_agent.loss import loss_normalizer, policy_loss
+from igpo_agent.rewards import outcome_rewards
+from igpo_agent.trajectory import Trajectory
+
+
+@dataclass
+class LossSettings:
+    """The loss and optimisation knobs of one update (IGPO_SPEC "Policy loss")."""
+
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.001
+    loss_agg: str = "token-mean"
+    ppo_epochs: int = 1
+    micro_batch_size: int = 4
+    max_grad_norm: float = 1.0
+
+
+def belief_matrix(
+    policy: Any,
+    trajs: Sequence[Trajectory],
+    answer_prefix: str,
+    answer_suffix: str,
+    *,
+    method: str = "packed",
+) -> torch.Tensor:
+    """v_t for every trajectory as an (N, T_max) tensor (padding 0; IGPO_SPEC "Turn reward").
+
+    Trajectories without a generated turn (context full at the prompt) get no values.
+    """
+    t_max = max([max(t.num_turns, 1) for t in trajs], default=1)
+    values = torch.zeros(len(trajs), t_max)
+    live = [i for i, t in enumerate(trajs) if t.num_turns > 0]
+    if live:
+        rows = trajectory_belief_values(
+            policy, [trajs[i] for i in live], answer_prefix, answer_suffix, method=method
+        )
+        for i, row in zip(live, rows, strict=True):
+            values[i, : len(row)] = torch.tensor(row, dtype=values.dtype)
+    return values
+
+
+def compute_advantages(
+    trajs: Sequence[Trajectory],
+    values: torch.Tensor,
+    *,
+    group_size: int,
+    algo: str,
+    ig_mode: str,
+    norm: str,
+    gamma: float,
+    format_penalty: float,
+) -> tuple[TurnAdvantages, torch.Tensor]:
+    """Per-turn advantages of a batch (groups of ``group_size`` adjacent rollouts) and the
+    raw outcome rewards (N,)."""
+    outcome = outcome_rewards(
+        [t.outcome_f1 for t in trajs],
+        [t.answered for t in trajs],
+        [t.format_ok for t in trajs],
+        [t.truncated or t.context_truncated for t in trajs],
+        format_penalty,
+    )
+    num_turns = [max(t.num_turns, 1) for t in trajs]
+    adv = group_advantages(
+        values,
+        num_turns,
+        outcome,
+        group_size=group_size,
+        algo=algo,  # type: ignore[arg-type]
+        ig_mode=ig_mode,  # type: ignore[arg-type]
+        norm=norm,  # type: ignore[arg-type]
+        gamma=gamma,
+    )
+    return adv, outcome
+
+
+def pad_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (N, L) tensors: ``input_ids``, ``attention_mask``, ``action_mask``,
+    ``token_turns`` (-1 off the agent's tokens)."""
+    length = max(len(t.token_ids) for t in trajs)
+    n = len(trajs)
+    ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attn = torch.zeros(n, length, dtype=torch.long)
+    act = torch.zeros(n, length, dtype=torch.bool)
+    turns = torch.full((n, length), -1, dtype=torch.long)
+    for i, t in enumerate(trajs):
+        k = len(t.token_ids)
+        ids[i, :k] = torch.tensor(t.token_ids, dtype=torch.long)
+        attn[i, :k] = 1
+        act[i, :k] = torch.tensor(t.action_mask(), dtype=torch.bool)
+        turns[i, :k] = torch.tensor(t.token_turns(), dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attn, "action_mask": act, "token_turns": turns}
+
+
+def _micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _trim(batch: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
+    """Rows ``sl`` with the columns cut to their longest sequence (less padding compute)."""
+    width = int(batch["attention_mask"][sl].sum(1).max())
+    return {k: v[sl, :width] for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _logprobs(policy: Any, batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    for sl in _micro_batches(batch["input_ids"].shape[0], size):
+        mb = _trim(batch, sl)
+        lp, _ = policy.sequence_logprobs(mb["input_ids"], mb["attention_mask"])
+        out[sl, : lp.shape[1]] = lp.float().cpu()
+    return out
+
+
+def policy_update(
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    trajs: Sequence[Trajectory],
+    turn_returns: torch.Tensor,
+    settings: LossSettings,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Run ``ppo_epochs`` optimiser steps on the batch; returns (loss metrics, timings).
+
+    Every token the agent generated in turn t gets ``turn_returns[i, t]``; prompt and
+    observation tokens are masked out. Micro-batches accumulate gradients with the global
+    token (or sequence) count as the loss normaliser, so the step equals the full-batch one.
+    """
+    pad_id = policy.tokenizer.pad_token_id
+    batch = pad_batch(trajs, pad_id)
+    batch["advantages"] = token_advantages(turn_returns, batch["token_turns"])
+    mask = batch["action_mask"]
+    timings = {"old_logprobs_s": 0.0, "update_s": 0.0}
+    if not bool(mask.any()):
+        return {}, timings
+    normalizer = loss_normalizer(mask, settings.loss_agg)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    old = _logprobs(policy, batch, settings.micro_batch_size) if settings.ppo_epochs > 1 else None
+    ref = None
+    if settings.kl_coef > 0:
+        with policy.reference():
+            ref = _logprobs(policy, batch, settings.micro_batch_size)
+    timings["old_logprobs_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    params = policy.trainable_parameters()
+    policy.model.train()
+    sums: dict[str, float] = {}
+    weight = 0.0
+    grad_norm = 0.0
+    for _ in range(settings.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        for sl in _micro_batches(len(trajs), settings.micro_batch_size):
+            mb = _trim(batch, sl)
+            if not bool(mb["action_mask"].any()):
+                continue
+            width = mb["input_ids"].shape[1]
+            logp, ent = policy.sequence_logprobs(
+                mb["input_ids"], mb["attention_mask"], with_entropy=settings.entropy_coef > 0
+            )
+            dev = logp.device
+            old_lp = logp.detach() if old is None else old[sl, :width].to(dev)
+            loss, m = policy_loss(
+                logp.float(),
+                old_lp.float(),
+                mb["advantages"].to(dev),
+                mb["action_mask"].to(dev),
+                ref_logp=None if ref is None else ref[sl, :width].to(dev),
+                entropy=None if ent is None else ent.float(),
+                clip_eps=settings.clip_eps,
+                clip_ratio_c=settings.dual_clip,
+                kl_coef=settings.kl_coef,
+                ent_coef=settings.entropy_coef,
+                loss_agg=settings.loss_agg,  # type: ignore[arg-type]
+                normalizer=normalizer,
+            )
+            loss.backward()
+            w = m["num_tokens"]
+            weight += w
+            for k, v in m.items():
+                if k not in ("num_tokens", "num_seqs") and math.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + v * w
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+        optimizer.step()
+    policy.model.eval()
+    timings["update_s"] = time.perf_counter() - t0
+    metrics = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    metrics["grad_norm"] = grad_norm
+    metrics["num_tokens"] = float(mask.sum())
+    return metrics, timings

@@ -1,0 +1,350 @@
+"""``python -m igpo_agent.train``: IGPO (or GRPO) training of a search agent, top to bottom.
+
+One step = sample ``questions_per_step`` questions -> roll out ``group_size`` episodes of
+each (batched) -> score the gold answer's belief v_t at every turn boundary (IGPO only)
+-> turn rewards and group-normalised advantages -> one clipped policy-gradient update of
+the LoRA adapter. Metrics go to ``RUN_DIR/metrics.jsonl`` (and TensorBoard), rollouts to
+``RUN_DIR/rollouts/``, checkpoints to ``RUN_DIR/checkpoints/`` and the final adapter to
+``RUN_DIR/final/``. See ``--help`` for every option and ``configs/*.yaml`` for presets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent import logging_utils as K
+from igpo_agent.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    trainable_state_dict,
+)
+from igpo_agent.config import TrainConfig, load_config
+from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.learner import LossSettings, belief_matrix, compute_advantages, policy_update
+from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads
+from igpo_agent.prompts import policy_prompt_fn
+from igpo_agent.rewards import mean_ig_per_turn
+from igpo_agent.rollout import RolloutStats, rollout_batch
+from igpo_agent.sampling import GenerationSettings
+
+
+class QuestionSampler:
+    """Epochs over a seeded permutation of question indices; its state is the data position."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("the training QA set is empty")
+        self.n, self.seed, self.epoch, self.cursor = n, seed, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
+
+    def next(self, k: int) -> list[int]:
+        """The next ``k`` question indices (wrapping into a new shuffled epoch)."""
+        out = []
+        while len(out) < k:
+            if self.cursor == self.n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._perm = self._permutation()
+            out.append(self._perm[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["n"]) != self.n:
+            raise ValueError(
+                f"checkpoint sampled from {state['n']} questions, this QA set has {self.n}"
+            )
+        self.seed, self.epoch, self.cursor = (
+            int(state["seed"]),
+            int(state["epoch"]),
+            int(state["cursor"]),
+        )
+        self._perm = self._permutation()
+
+
+def lr_lambda(cfg: TrainConfig) -> Any:
+    """Multiplier of the peak lr at optimiser step s: linear warmup, then the schedule."""
+
+    def f(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / (cfg.warmup_steps + 1)
+        rest = max(cfg.steps - cfg.warmup_steps, 1)
+        frac = min((s - cfg.warmup_steps) / rest, 1.0)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + float(np.cos(np.pi * frac)))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - frac
+        return 1.0
+
+    return f
+
+
+def _env_kw(cfg: TrainConfig, qa: str) -> dict[str, Any]:
+    return env_kwargs(
+        qa=qa,
+        corpus=cfg.corpus,
+        retriever=cfg.retriever,
+        top_k=cfg.top_k,
+        doc_max_words=cfg.doc_max_words,
+        protocol=cfg.protocol,
+        format_penalty=cfg.format_penalty,
+        on_invalid=cfg.on_invalid,
+    )
+
+
+def run_eval(policy: Policy, cfg: TrainConfig, envs: list, label: str) -> dict[str, float]:
+    """Greedy episodes on the fixed eval subset; prints the table, returns eval metrics."""
+    idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
+    settings = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_context=cfg.max_context
+    )
+    trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=cfg.protocol)
+    res = summarize(trajs, trajs[0].dataset or "eval")
+    print(f"\n[{label}] {res.n} eval questions from {cfg.eval_qa}\n{results_table([res])}\n")
+    return {
+        K.EVAL_F1: res.f1,
+        K.EVAL_EM: res.em,
+        K.EVAL_COVER_EM: res.cover_em,
+        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+    }
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Train per ``cfg``; returns the last logged metrics (eval included)."""
+    configure_torch_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    lora = None
+    if not cfg.full_finetune and cfg.init_adapter is None:
+        lora = LoraSettings(
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=tuple(cfg.lora_target_modules),
+        )
+    policy = Policy.load(
+        cfg.model,
+        lora=lora,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        init_adapter=cfg.init_adapter,
+        seed=cfg.seed,
+        reference_copy=cfg.full_finetune and cfg.kl_coef > 0,
+    )
+    envs = make_envs(cfg.env_id, cfg.rollouts_per_step, cfg.max_turns, **_env_kw(cfg, cfg.train_qa))
+    eval_envs = []
+    if cfg.eval_questions != 0:
+        eval_envs = make_envs(
+            cfg.env_id,
+            max(1, min(cfg.eval_questions, 16)),
+            cfg.max_turns,
+            **_env_kw(cfg, cfg.eval_qa),
+        )
+    sampler = QuestionSampler(question_count(envs[0]), cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    loss_settings = LossSettings(
+        clip_eps=cfg.clip_eps,
+        dual_clip=cfg.dual_clip,
+        kl_coef=cfg.kl_coef,
+        entropy_coef=cfg.entropy_coef,
+        loss_agg=cfg.loss_agg,
+        ppo_epochs=cfg.ppo_epochs,
+        micro_batch_size=cfg.micro_batch_size,
+        max_grad_norm=cfg.max_grad_norm,
+    )
+    settings = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_context=cfg.max_context,
+    )
+
+    start, rollouts_seen = 0, 0
+    resume_from = None
+    if cfg.resume:
+        resume_from = latest_checkpoint(cfg.run_dir) if cfg.resume is True else cfg.resume
+        if resume_from is None:
+            print(f"--resume: no checkpoint in {cfg.run_dir}; starting fresh")
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, config=cfg.to_dict())
+        sampler.load_state_dict(ckpt.data_state["sampler"])
+        rollouts_seen = int(ckpt.data_state["rollouts_seen"])
+        start = ckpt.step
+        ckpt.restore(
+            model=policy.model, optimizer=optimizer, scheduler=scheduler, generators={"sample": gen}
+        )
+        print(f"resumed from {ckpt.path} at step {start}")
+    cfg.save_yaml(f"{cfg.run_dir}/config.yaml")
+    logger = K.MetricsLogger(
+        cfg.run_dir,
+        tensorboard=cfg.tensorboard,
+        total_steps=cfg.steps,
+        resume_step=start if resume_from is not None else None,
+    )
+    dumper = K.RolloutDumper(cfg.run_dir, enabled=cfg.dump_rollouts_every > 0)
+    prefix, suffix = answer_wrapper(envs[0])
+    last: dict[str, float] = {}
+    if eval_envs and start == 0:
+        last = run_eval(policy, cfg, eval_envs, "before training")
+        logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
+
+    for step in range(start + 1, cfg.steps + 1):
+        t_step = time.perf_counter()
+        tasks = [{"index": i} for i in sampler.next(cfg.questions_per_step)]
+        stats = RolloutStats()
+        trajs = rollout_batch(
+            policy.model,
+            policy.tokenizer,
+            policy_prompt_fn(policy, cfg.protocol),
+            envs,
+            tasks,
+            group_size=cfg.group_size,
+            settings=settings,
+            generator=gen,
+            seed=cfg.seed * 1_000_003 + step * len(envs),
+            stats=stats,
+        )
+        rollouts_seen += len(trajs)
+
+        t0 = time.perf_counter()
+        if cfg.algo == "igpo":
+            values = belief_matrix(policy, trajs, prefix, suffix, method=cfg.ig_method)
+        else:  # GRPO: IG switched off (same code path, outcome only)
+            values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
+        ig_s = time.perf_counter() - t0
+        adv, outcome = compute_advantages(
+            trajs,
+            values,
+            group_size=cfg.group_size,
+            algo=cfg.algo,
+            ig_mode=cfg.ig_mode,
+            norm=cfg.norm,
+            gamma=cfg.gamma,
+            format_penalty=cfg.format_penalty,
+        )
+        loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings)
+        lr_now = scheduler.get_last_lr()[0]
+        scheduler.step()
+
+        n = len(trajs)
+        metrics: dict[str, float] = {
+            K.OUTCOME_F1: sum(t.answer_metrics.get("f1", 0.0) for t in trajs) / n,
+            K.REWARD_MEAN: float(outcome.mean()),
+            K.FORMAT_ERROR_RATE: sum(not (t.format_ok and t.answered) for t in trajs) / n,
+            K.ANSWERED_RATE: sum(t.answered for t in trajs) / n,
+            K.TURNS_PER_EPISODE: sum(t.num_turns for t in trajs) / n,
+            K.SEARCHES_PER_EPISODE: sum(k == "search" for t in trajs for k in t.turn_kinds) / n,
+            K.ROLLOUTS_SEEN: rollouts_seen,
+            K.LEARNING_RATE: lr_now,
+            K.TOKENS_PER_S: stats.tokens_per_second,
+            K.GENERATION_S: stats.gen_seconds,
+            K.RETRIEVAL_S: stats.env_seconds,
+            K.INFO_GAIN_S: ig_s,
+            K.OLD_LOGPROBS_S: timing["old_logprobs_s"],
+            K.UPDATE_S: timing["update_s"],
+        }
+        if cfg.algo == "igpo":
+            for k, v in enumerate(mean_ig_per_turn(adv.ig, adv.turn_mask.sum(1)).tolist()):
+                if v == v:  # not NaN
+                    metrics[K.ig_turn_key(k)] = v
+        for src, dst in (
+            ("pg_loss", K.POLICY_LOSS),
+            ("kl_loss", K.KL),
+            ("entropy", K.ENTROPY),
+            ("clipfrac", K.CLIPFRAC),
+            ("approx_kl", K.APPROX_KL),
+            ("loss", K.TOTAL_LOSS),
+            ("grad_norm", K.GRAD_NORM),
+        ):
+            if src in loss_m:
+                metrics[dst] = loss_m[src]
+        if cfg.dump_rollouts_every and step % cfg.dump_rollouts_every == 0:
+            dumper.dump(step, _rollout_records(trajs, adv, values))
+        if eval_envs and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}"))
+        metrics[K.STEP_S] = time.perf_counter() - t_step
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, metrics)
+        last = metrics
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            save_checkpoint(
+                cfg.run_dir,
+                step,
+                model_state=trainable_state_dict(policy.model),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                rng=capture_rng_state({"sample": gen}),
+                data_state={"sampler": sampler.state_dict(), "rollouts_seen": rollouts_seen},
+                config=cfg.to_dict(),
+                keep=cfg.keep_checkpoints,
+            )
+
+    if eval_envs and cfg.steps > start:
+        final_eval = run_eval(policy, cfg, eval_envs, "after training")
+        logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
+        last = {**last, **final_eval}
+    out = policy.save(f"{cfg.run_dir}/final")
+    logger.close()
+    for env in envs + eval_envs:
+        env.close()
+    print(f"saved the trained policy to {out}; metrics in {cfg.run_dir}/metrics.jsonl")
+    return last
+
+
+def answer_wrapper(env: Any) -> tuple[str, str]:
+    """The answer prefix/suffix the agent emits, from a reset's ``info["protocol"]``; the
+    information-gain scorer wraps the gold answer in exactly this text."""
+    _, info = env.reset(options={"index": 0})
+    proto = info.get("protocol") or {}
+    if "answer_prefix" not in proto:
+        raise RuntimeError(
+            "the env did not report info['protocol']['answer_prefix'/'answer_suffix']; "
+            "the information-gain reward needs the answer wrapper"
+        )
+    return proto["answer_prefix"], proto.get("answer_suffix", "")
+
+
+def _rollout_records(trajs: list, adv: Any, values: torch.Tensor) -> list[dict[str, Any]]:
+    from igpo_agent.logging_utils import rollout_record
+
+    out = []
+    for i, t in enumerate(trajs):
+        n = t.num_turns
+        out.append(
+            rollout_record(
+                t,
+                adv.raw[i, :n].tolist(),
+                adv.returns[i, :n].tolist(),
+                beliefs=values[i, :n].tolist(),
+                ig=adv.ig[i, :n].tolist(),
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: ``--config FILE.yaml`` then ``--field value`` overrides."""
+    cfg = load_config(argv)
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
