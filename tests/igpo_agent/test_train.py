@@ -1,0 +1,181 @@
+"""End-to-end trainer tests on a tiny random model and a small fixture corpus.
+
+- the CLI runs as a subprocess and leaves metrics, rollouts, checkpoints and an adapter;
+- resume is exact: 2 steps + resume for 1 == 3 steps straight;
+- one IGPO update changes every LoRA parameter (over two steps: LoRA's B starts at 0, so
+  A first gets a gradient on the second step) and no base parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from igpo_agent.config import TrainConfig
+from igpo_agent.train import QuestionSampler, lr_lambda, train
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [
+    ("d1", "Paris", "Paris is the capital and largest city of France, on the Seine."),
+    ("d2", "Berlin", "Berlin is the capital of Germany and its largest city."),
+    ("d3", "Nile", "The Nile is a major river in northeastern Africa, about 6,650 km long."),
+    (
+        "d4",
+        "Everest",
+        "Mount Everest is Earth's highest mountain above sea level, in the Himalayas.",
+    ),
+    (
+        "d5",
+        "Jupiter",
+        "Jupiter is the fifth planet from the Sun and the largest in the Solar System.",
+    ),
+]
+QA = [
+    ("q1", "What is the capital of France?", ["Paris"]),
+    ("q2", "What is the capital of Germany?", ["Berlin"]),
+    ("q3", "Which river is about 6,650 km long?", ["the Nile", "Nile"]),
+    ("q4", "What is the largest planet in the Solar System?", ["Jupiter"]),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("train_data")
+    corpus = d / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in DOCS)
+    )
+    qa = d / "qa.jsonl"
+    qa.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "golden_answers": a, "dataset": "fixture"}) + "\n"
+            for i, q, a in QA
+        )
+    )
+    return {"corpus": str(corpus), "train_qa": str(qa), "eval_qa": str(qa)}
+
+
+def _config(model: Path, run_dir: Path, data: dict[str, str], **over) -> TrainConfig:
+    base = dict(
+        model=str(model),
+        run_dir=str(run_dir),
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        lora_r=4,
+        lora_alpha=8,
+        lora_targets="q_proj,v_proj",
+        top_k=2,
+        doc_max_words=16,
+        max_turns=2,
+        group_size=2,
+        questions_per_step=2,
+        max_new_tokens=12,
+        micro_batch_size=2,
+        lr=1e-2,
+        steps=3,
+        eval_questions=0,
+        save_every=1,
+        tensorboard=False,
+        **data,
+    )
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final" / "adapter_model.safetensors"))
+
+
+def test_cli_smoke(tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "igpo_agent.train", "--config", "configs/tiny_test.yaml"]
+    cmd += ["--model", str(tiny_smol_model_path), "--run_dir", str(run), "--steps", "2"]
+    cmd += ["--corpus", data["corpus"], "--train_qa", data["train_qa"]]
+    cmd += ["--eval_qa", data["eval_qa"]]
+    env = {**os.environ, "IGPO_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "before training" in res.stdout and "after training" in res.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "losses/policy" in r]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    for key in ("charts/outcome_f1", "losses/kl", "time/info_gain_s", "charts/rollouts_seen"):
+        assert key in train_rows[-1]
+    assert any("eval/f1" in r for r in rows)
+    assert (run / "rollouts" / "step-2.jsonl").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_bad_config_names_the_fix(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "igpo_agent.train", "--group_size", "1"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "group_size" in res.stderr
+
+
+def test_resume_is_exact(tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    train(_config(tiny_smol_model_path, straight, data, steps=3))
+    split = tmp_path / "split"
+    train(_config(tiny_smol_model_path, split, data, steps=2))
+    train(_config(tiny_smol_model_path, split, data, steps=3, resume=True))
+    a, b = _adapter(straight), _adapter(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "losses/policy" in r] == [1, 2, 3]
+
+
+def test_update_changes_lora_only(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path
+) -> None:
+    from igpo_agent.policy import LoraSettings, Policy
+
+    cfg = _config(tiny_smol_model_path, tmp_path / "run", data, steps=2, save_every=0)
+    base = Policy.load(
+        str(tiny_smol_model_path),
+        lora=LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")),
+        seed=0,
+    )
+    before = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    train(cfg)
+    after = _adapter(tmp_path / "run")
+    lora_names = [n for n in before if "lora_" in n]
+    assert lora_names
+    for n in lora_names:
+        saved = n.replace(".default", "")
+        assert saved in after, f"{saved} missing from the saved adapter"
+        assert not torch.equal(after[saved], before[n]), f"LoRA parameter {n} did not change"
+    # base weights are frozen: the saved adapter holds no base parameter
+    assert all("lora_" in k for k in after)
+
+
+def test_sampler_epochs_and_state() -> None:
+    s = QuestionSampler(5, seed=1)
+    first = s.next(5)
+    assert sorted(first) == list(range(5))
+    state = s.state_dict()
+    nxt = s.next(7)
+    s2 = QuestionSampler(5, seed=1)
+    s2.load_state_dict(state)
+    assert s2.next(7) == nxt
+    assert sorted(nxt[:5]) == list(range(5))
+
+
+def test_lr_schedules() -> None:
+    cfg = TrainConfig(steps=10, warmup_steps=2, lr_schedule="linear")
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(1 / 3) and f(1) == pytest.approx(2 / 3)
+    assert f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.0)
+    cos = lr_lambda(TrainConfig(steps=4, lr_schedule="cosine"))
+    assert cos(0) == pytest.approx(1.0) and cos(2) == pytest.approx(0.5)
