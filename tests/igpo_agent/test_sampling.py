@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.sampling import (
@@ -19,31 +18,11 @@ from igpo_agent.sampling import (
 
 torch.set_num_threads(1)
 
-TEXTS = [
-    "Answer the question. Use <search> query </search> to search and <answer> x </answer>.",
-    "<information>Doc 1 (Title: Paris) Paris is the capital of France.</information>",
-    "The quick brown fox jumps over the lazy dog; numbers 0123456789 and café, naïve.",
-] * 20
-
-
-def build_bpe() -> PreTrainedTokenizerFast:
-    """A GPT-2-style byte-level BPE tokenizer trained here on a few lines."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-
 
 @pytest.fixture(scope="module")
-def bpe():
-    return build_bpe()
+def bpe(bpe_tokenizer):
+    """The shared GPT-2-style byte-level BPE tokenizer (tests/igpo_agent/conftest.py)."""
+    return bpe_tokenizer
 
 
 def tiny_llama(vocab: int, seed: int = 0, dtype=torch.float32) -> LlamaForCausalLM:
