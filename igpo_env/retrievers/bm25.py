@@ -174,6 +174,9 @@ class BM25sRetriever:
         # JIT for the build kernels); retrieval still uses bm25s's numba kernel.
         model = bm25s_mod.BM25(**self.params, backend=self.backend, auto_compile=False)
         model.index([document_tokens(d) for d in self.docs], show_progress=False)
+        for key in ("data", "indices", "indptr"):
+            # read-only like a memory-mapped load, so both share one compiled numba kernel
+            model.scores[key].setflags(write=False)
         return model
 
     def _save_new(self, folder: Path) -> None:
