@@ -190,10 +190,15 @@ def _naive(model: Any, seqs, boundaries, golds) -> list[list[float]]:
         scored = torch.tensor(gold.scored)
         targets = torch.tensor([gold.ids[j] for j in gold.scored], device=device)
         values = []
+        keep = gold.context_len + 1  # logits of the last prefix token and the wrapper
+        kwargs = {"logits_to_keep": keep} if _supports_logits_to_keep(model) else {}
         for b in bounds:
             ids = list(seq[:b]) + list(gold.ids[: gold.context_len])
-            logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits
-            values.append(_gold_logprob_mean(logits[0, b + scored - 1], targets))
+            logits = model(
+                input_ids=torch.tensor([ids], device=device), use_cache=False, **kwargs
+            ).logits[0]  # (keep or len(ids), V)
+            rows = b + scored - 1 - (len(ids) - logits.shape[0])
+            values.append(_gold_logprob_mean(logits[rows], targets))
         out.append(values)
     return out
 
@@ -231,66 +236,51 @@ def _layout(seq: Sequence[int], bounds: Sequence[int], gold: GoldSpec) -> _Row:
 
 
 def packed_attention_mask(
-    pos: torch.Tensor, seg: torch.Tensor, limit: torch.Tensor, dtype: torch.dtype
+    pos: torch.Tensor,
+    seg: torch.Tensor,
+    limit: torch.Tensor,
+    doc: torch.Tensor,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Additive 4-D mask (B, 1, L, L) for packed rows; pos/seg/limit are (B, L), seg -2 = pad.
+    """Additive 4-D mask (B, 1, L, L) for packed rows; pos/seg/limit/doc are (B, L).
 
-    Query q may see key k when both are trajectory tokens and pos_k <= pos_q; when both are
-    in the same wrapper copy and pos_k <= pos_q; or when q is in a copy, k is a trajectory
-    token and pos_k < limit_q (= b_t). Every token sees itself, so padding rows stay finite.
+    ``doc`` numbers the trajectories sharing a row (-1 = padding); tokens of different
+    trajectories never see each other. Within one: query q may see key k when both are
+    trajectory tokens (seg -1) and pos_k <= pos_q; when both are in the same wrapper copy
+    and pos_k <= pos_q; or when q is in a copy, k is a trajectory token and pos_k < limit_q
+    (= b_t). Every token sees itself, so padding rows stay finite.
     """
     pq, pk = pos[:, :, None], pos[:, None, :]
     sq, sk = seg[:, :, None], seg[:, None, :]
-    same = (sq == sk) & (sq >= -1) & (pk <= pq)
+    same_doc = (doc[:, :, None] == doc[:, None, :]) & (doc[:, :, None] >= 0)
+    same_seg = (sq == sk) & (pk <= pq)
     into_prefix = (sq >= 0) & (sk == -1) & (pk < limit[:, :, None])
-    length = pos.shape[1]
-    eye = torch.eye(length, dtype=torch.bool, device=pos.device)[None]
-    allowed = same | into_prefix | eye  # (B, L, L)
+    eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)[None]
+    allowed = (same_doc & (same_seg | into_prefix)) | eye  # (B, L, L)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=pos.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 
 
-def _packed_batch(model: Any, rows: list[_Row], padding_side: str) -> list[list[float]]:
-    device, dtype = _device_dtype(model)
-    length = max(len(r.ids) for r in rows)
-    pad_id = 0
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), length), dtype=torch.long)
-    seg = torch.full((len(rows), length), -2, dtype=torch.long)
-    limit = torch.zeros((len(rows), length), dtype=torch.long)
-    offsets = []
-    for i, r in enumerate(rows):
-        off = length - len(r.ids) if padding_side == "left" else 0
-        offsets.append(off)
-        sl = slice(off, off + len(r.ids))
-        ids[i, sl], pos[i, sl] = torch.tensor(r.ids), torch.tensor(r.pos)
-        seg[i, sl], limit[i, sl] = torch.tensor(r.seg), torch.tensor(r.limit)
-    mask = packed_attention_mask(pos, seg, limit, dtype)
-    wanted = sorted(
-        {off + p for r, off in zip(rows, offsets, strict=True) for ps in r.predictors for p in ps}
-    )
-    kwargs: dict[str, Any] = {}
-    keep = torch.tensor(wanted, dtype=torch.long)
-    if _supports_logits_to_keep(model):
-        kwargs["logits_to_keep"] = keep.to(device)
-    logits = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=pos.to(device),
-        use_cache=False,
-        **kwargs,
-    ).logits  # (B, K, V) with logits_to_keep, else (B, L, V)
-    column = {p: k for k, p in enumerate(wanted)} if kwargs else None
-    out = []
-    for i, (r, off) in enumerate(zip(rows, offsets, strict=True)):
-        targets = torch.tensor(r.targets, device=logits.device)
-        values = []
-        for ps in r.predictors:
-            idx = [column[off + p] if column is not None else off + p for p in ps]
-            values.append(_gold_logprob_mean(logits[i, idx], targets))
-        out.append(values)
-    return out
+def _pack_bins(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: indices grouped so each bin's total is <= the longest length.
+
+    Several short trajectories share one row instead of being padded to the longest, and
+    no row grows past the longest one (attention cost stays ~ L_max^2 per row).
+    """
+    capacity = max(lengths)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
 
 
 def _micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -305,6 +295,62 @@ def _micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def _packed_batch(model: Any, rows: list[list[_Row]], padding_side: str) -> list[list[list[float]]]:
+    """One forward over ``rows`` (each a list of trajectory layouts sharing a row)."""
+    device, dtype = _device_dtype(model)
+    widths = [sum(len(r.ids) for r in row) for row in rows]
+    length = max(widths)
+    shape = (len(rows), length)
+    ids = torch.zeros(shape, dtype=torch.long)  # pad id 0: padding is masked out anyway
+    pos = torch.zeros(shape, dtype=torch.long)
+    seg = torch.full(shape, -2, dtype=torch.long)
+    limit = torch.zeros(shape, dtype=torch.long)
+    doc = torch.full(shape, -1, dtype=torch.long)
+    starts: list[list[int]] = []  # row index where each member starts
+    for i, (row, width) in enumerate(zip(rows, widths, strict=True)):
+        at = length - width if padding_side == "left" else 0
+        starts.append([])
+        for d, r in enumerate(row):
+            sl = slice(at, at + len(r.ids))
+            ids[i, sl], pos[i, sl] = torch.tensor(r.ids), torch.tensor(r.pos)
+            seg[i, sl], limit[i, sl] = torch.tensor(r.seg), torch.tensor(r.limit)
+            doc[i, sl] = d
+            starts[-1].append(at)
+            at += len(r.ids)
+    mask = packed_attention_mask(pos, seg, limit, doc, dtype)
+    wanted = sorted(
+        {
+            at + p
+            for row, row_starts in zip(rows, starts, strict=True)
+            for r, at in zip(row, row_starts, strict=True)
+            for ps in r.predictors
+            for p in ps
+        }
+    )
+    kwargs: dict[str, Any] = {}
+    if _supports_logits_to_keep(model):
+        kwargs["logits_to_keep"] = torch.tensor(wanted, dtype=torch.long, device=device)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        use_cache=False,
+        **kwargs,
+    ).logits  # (B, K, V) with logits_to_keep, else (B, L, V)
+    column = {p: k for k, p in enumerate(wanted)} if kwargs else None
+    out = []
+    for i, (row, row_starts) in enumerate(zip(rows, starts, strict=True)):
+        out.append([])
+        for r, at in zip(row, row_starts, strict=True):
+            targets = torch.tensor(r.targets, device=logits.device)
+            values = []
+            for ps in r.predictors:
+                idx = [column[at + p] if column is not None else at + p for p in ps]
+                values.append(_gold_logprob_mean(logits[i, idx], targets))
+            out[-1].append(values)
+    return out
+
+
 def _packed(model, seqs, boundaries, golds, max_tokens, padding_side) -> list[list[float]]:
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in _PACKED_ATTENTION:
@@ -314,14 +360,16 @@ def _packed(model, seqs, boundaries, golds, max_tokens, padding_side) -> list[li
         )
     out: list[list[float]] = [[] for _ in seqs]
     todo = [i for i, b in enumerate(boundaries) if len(b)]
-    rows = {i: _layout(seqs[i], boundaries[i], golds[i]) for i in todo}
-    lengths = [len(rows[i].ids) for i in todo]
-    for batch in _micro_batches(lengths, max_tokens):
-        members = [todo[j] for j in batch]
-        for i, values in zip(
-            members, _packed_batch(model, [rows[i] for i in members], padding_side), strict=True
-        ):
-            out[i] = values
+    if not todo:
+        return out
+    layouts = [_layout(seqs[i], boundaries[i], golds[i]) for i in todo]
+    bins = _pack_bins([len(r.ids) for r in layouts])
+    widths = [sum(len(layouts[j].ids) for j in b) for b in bins]
+    for batch in _micro_batches(widths, max_tokens):
+        rows = [[layouts[j] for j in bins[b]] for b in batch]
+        for b, row_values in zip(batch, _packed_batch(model, rows, padding_side), strict=True):
+            for j, values in zip(bins[b], row_values, strict=True):
+                out[todo[j]] = values
     return out
 
 

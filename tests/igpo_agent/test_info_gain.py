@@ -123,12 +123,42 @@ def test_wrong_mask_is_detected(tiny_smol_model_path, smol_tokenizer, monkeypatc
     naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
     right = ig.packed_attention_mask
 
-    def leaky(pos, seg, limit, dtype):
+    def leaky(pos, seg, limit, doc, dtype):
         sq, sk = seg[:, :, None], seg[:, None, :]
-        return right(pos, seg, limit, dtype).masked_fill(((sq > sk) & (sk >= 0))[:, None], 0.0)
+        leak = (sq > sk) & (sk >= 0) & (doc[:, :, None] == doc[:, None, :])
+        return right(pos, seg, limit, doc, dtype).masked_fill(leak[:, None], 0.0)
 
     monkeypatch.setattr(ig, "packed_attention_mask", leaky)
     assert _max_err(naive, belief_values(policy.model, seqs, bounds, golds)) > 1e-3
+
+
+def test_trajectories_sharing_a_row_stay_apart(tiny_smol_model_path, smol_tokenizer, monkeypatch):
+    """Short trajectories are packed into one row; a mask ignoring that must be caught."""
+    policy = Policy.load(str(tiny_smol_model_path), device="cpu")
+    seqs, bounds, golds = _batch(smol_tokenizer)
+    lengths = [len(ig._layout(s, b, g).ids) for s, b, g in zip(seqs, bounds, golds, strict=True)]
+    assert any(len(row) > 1 for row in ig._pack_bins(lengths))
+    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
+    right = ig.packed_attention_mask
+    monkeypatch.setattr(
+        ig,
+        "packed_attention_mask",
+        lambda p, s, lim, doc, dt: right(p, s, lim, doc.clamp(max=0), dt),
+    )
+    assert _max_err(naive, belief_values(policy.model, seqs, bounds, golds)) > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pack_bins_is_a_partition_within_capacity(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 100) for _ in range(rng.randint(1, 30))]
+    bins = ig._pack_bins(lengths)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= max(lengths) for b in bins)
+    widths = [sum(lengths[i] for i in b) for b in bins]
+    batches = ig._micro_batches(widths, 150)
+    assert sorted(i for b in batches for i in b) == list(range(len(bins)))
+    assert all(len(b) == 1 or len(b) * max(widths[i] for i in b) <= 150 for b in batches)
 
 
 def test_gold_at_wrapper_start_is_predicted_by_the_prefix(tiny_smol_model_path, smol_tokenizer):
