@@ -405,9 +405,12 @@ def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentPar
         default = defaults.get(f.name, f.default)
         help_ = f.metadata.get("help", "")
         tp = types_[f.name]
+        flags = [f"--{f.name}"]  # --init_adapter and --init-adapter both work
+        if "_" in f.name:
+            flags.append(f"--{f.name.replace('_', '-')}")
         if tp is bool:
             group.add_argument(
-                f"--{f.name}",
+                *flags,
                 nargs="?",
                 const=True,
                 default=default,
@@ -423,7 +426,7 @@ def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentPar
                 help=argparse.SUPPRESS,
             )
         elif f.name == "resume":
-            group.add_argument(f"--{f.name}", nargs="?", const=True, default=default, help=help_)
+            group.add_argument(*flags, nargs="?", const=True, default=default, help=help_)
             group.add_argument(
                 f"--no-{f.name}",
                 dest=f.name,
@@ -432,7 +435,7 @@ def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentPar
                 help=argparse.SUPPRESS,
             )
         else:
-            group.add_argument(f"--{f.name}", default=default, metavar=_metavar(tp), help=help_)
+            group.add_argument(*flags, default=default, metavar=_metavar(tp), help=help_)
     return parser
 
 
