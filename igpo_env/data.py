@@ -156,7 +156,8 @@ def load_qa(qa: str | Path, dataset: str | None = None) -> list[QAExample]:
                 id=str(row.get("id", f"{stem}-{i}")),
                 question=question.strip(),
                 answers=tuple(str(a) for a in answers if str(a).strip()),
-                dataset=dataset or str(row.get("dataset", stem if stem not in SPLITS else "default")),
+                dataset=dataset
+                or str(row.get("dataset", stem if stem not in SPLITS else "default")),
             )
         )
     return out
