@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tmp_model = tempfile.TemporaryDirectory(prefix="igpo-bench-")
         load_policy("tiny", tmp=tmp_model.name)
-        args.config, args.steps, args.model = "configs/tiny_test.yaml", 2, f"{tmp_model.name}/tiny"
+        args.config, args.steps, args.model = "configs/tiny_test.yaml", 1, f"{tmp_model.name}/tiny"
     if args.model:
         extra += ["--model", args.model]
     threads = None

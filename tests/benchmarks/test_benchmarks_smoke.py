@@ -1,0 +1,50 @@
+"""Smoke tests: each benchmark's ``main(["--quick"])`` runs on the tiny model and its
+printed correctness checks hold. No timing is asserted (ratios are the scripts' output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_info_gain_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("info_gain").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "packed" in out
+    assert "(<= 1e-4: yes)" in out  # packed and naive agree on the recorded trajectories
+
+
+def test_rollout_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("rollout").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "hf_generate" in out
+    assert "identical trajectories 4/4" in out  # same greedy episodes as HF generate
+    assert "(<= 1e-4: yes)" in out
+    rows = [line for line in out.splitlines() if line.startswith("project (reuse_cache")]
+    assert len(rows) == 2 and all(" 4/4 " in row for row in rows)
+
+
+@pytest.mark.slow
+def test_step_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("step").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "share of step time: generation" in out
+    assert "peak RSS (ru_maxrss)" in out
+    rows = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 1  # one logged training step with its time split
