@@ -381,7 +381,7 @@ def belief_values(
     golds: Sequence[GoldSpec],
     *,
     method: Method = "packed",
-    max_tokens_per_batch: int = 8192,
+    max_tokens_per_batch: int | None = None,
     padding_side: Literal["left", "right"] = "left",
 ) -> list[list[float]]:
     """v_t for every boundary of every trajectory, under ``model`` with no gradient.
@@ -389,15 +389,22 @@ def belief_values(
     ``seqs[i]`` are trajectory i's token ids, ``boundaries[i]`` its ascending prefix
     lengths b_0..b_{T-1} (``Trajectory.boundaries()``), ``golds[i]`` its ``GoldSpec``.
     Returns ``values[i][t]`` = mean log-prob of the gold tokens after ``seqs[i][:b_t]`` and
-    the wrapper prefix. ``max_tokens_per_batch`` bounds rows x padded length per forward
-    (packed); the packed path's attention also holds B x heads x L^2 scores. The model is
-    put in eval mode for the call and restored after.
+    the wrapper prefix. The model is put in eval mode for the call and restored after.
+
+    Packed path: short trajectories share a row (no row longer than the longest packed
+    trajectory), and ``max_tokens_per_batch`` bounds rows x padded length per forward; the
+    attention also holds B x heads x L^2 scores. ``None`` picks by device: one row per
+    forward on CPU (measured fastest: batching rows there only adds memory traffic),
+    16384 tokens on CUDA.
     """
     _validate(seqs, boundaries, golds)
     if method not in ("packed", "naive"):
         raise ValueError(f"unknown method {method!r}; choose 'packed' or 'naive'")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if max_tokens_per_batch is None:
+        device, _ = _device_dtype(model)
+        max_tokens_per_batch = 16384 if device.type == "cuda" else 1
     with _scoring_mode(model):
         if method == "naive":
             return _naive(model, seqs, boundaries, golds)
@@ -411,7 +418,7 @@ def trajectory_belief_values(
     answer_suffix: str,
     *,
     method: Method = "packed",
-    max_tokens_per_batch: int = 8192,
+    max_tokens_per_batch: int | None = None,
 ) -> list[list[float]]:
     """``belief_values`` for ``Trajectory`` objects under ``policy.model`` (the rollout policy).
 
