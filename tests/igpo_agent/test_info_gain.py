@@ -238,3 +238,25 @@ def test_packed_refuses_attention_without_4d_masks(tiny_policy, smol_tokenizer, 
     monkeypatch.setattr(config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(ValueError, match="method='naive'"):
         belief_values(tiny_policy.model, [[5, 6, 7]], [[2]], [gold])
+
+
+@pytest.mark.slow
+def test_real_smollm2_belief_rises_after_a_relevant_observation():
+    """SmolLM2-135M: reading a passage that states the answer makes the gold more likely."""
+    policy = Policy.load("default", device="cpu", dtype="float32")
+    tok = policy.tokenizer
+    prompt = policy.prompt_ids("What is the capital of Australia? Search, then answer.")
+    action = tok("<search>capital of Australia</search>", add_special_tokens=False)["input_ids"]
+    relevant = "\n<information>Canberra is the capital city of Australia.</information>\n"
+    other = "\n<information>The kangaroo is a marsupial found in Australia.</information>\n"
+    gold = gold_spec(tok, "Canberra", *WRAPPER)
+    seqs, bounds = [], []
+    for obs in (relevant, other):
+        seq = prompt + action + tok(obs, add_special_tokens=False)["input_ids"]
+        seqs.append(seq)
+        bounds.append([len(prompt), len(seq)])
+    packed = belief_values(policy.model, seqs, bounds, [gold, gold])
+    naive = belief_values(policy.model, seqs, bounds, [gold, gold], method="naive")
+    assert _max_err(packed, naive) < 1e-4
+    (v0, v_relevant), (_, v_other) = packed
+    assert v_relevant > v0 + 1.0 and v_relevant > v_other + 1.0
