@@ -202,7 +202,9 @@ class Policy:
             torch.manual_seed(seed)
         reference = None
         if init_adapter is not None:
-            net = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+                net = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
             cfg = net.peft_config["default"]
             lora = LoraSettings(
                 r=cfg.r,
