@@ -1,0 +1,364 @@
+"""``python -m igpo_agent.sft``: the supervised warm start of the LoRA adapter, top to bottom.
+
+A 135M instruct model does not follow the search protocol zero-shot, so RL would spend its
+first steps on format errors. This front door:
+
+1. builds demonstration episodes on the train split with the real environment
+   (:mod:`igpo_agent.demonstrations`: search with the question, or a derived query, and
+   answer with the gold alias once a retrieved document holds it), in the exact token
+   format of RL rollouts (prompt | action | observation | ... spans);
+2. fine-tunes a fresh LoRA adapter on them: token-mean cross-entropy over the agent's
+   tokens only (prompt and observation tokens masked), micro-batches with gradient
+   accumulation, AdamW, linear warmup then linear decay;
+3. evaluates greedily on a fixed dev subset (optionally before, always after) and prints
+   the results table, F1 and format-error rate;
+4. saves the adapter to ``--out`` so that ``python -m igpo_agent.train --init_adapter OUT``
+   continues from it (``Policy.load(base, init_adapter=OUT)``).
+
+Metrics go to ``OUT/metrics.jsonl`` (``losses/sft_nll`` per optimiser step), the
+demonstrations to ``OUT/demonstrations.jsonl``, the arguments to ``OUT/sft_args.json``.
+
+Example::
+
+    python -m igpo_agent.sft --out runs/sft
+    python -m igpo_agent.train --config configs/cpu_demo.yaml --init_adapter runs/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent import logging_utils as K
+from igpo_agent.checkpoint import seed_everything
+from igpo_agent.demonstrations import DemoStats, build_demonstrations
+from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.learner import pad_batch
+from igpo_agent.policy import (
+    LoraSettings,
+    Policy,
+    configure_torch_threads,
+    position_ids_from_mask,
+    selective_log_softmax,
+)
+from igpo_agent.prompts import policy_prompt_fn
+from igpo_agent.sampling import GenerationSettings
+from igpo_agent.trajectory import Trajectory
+
+SFT_NLL = "losses/sft_nll"
+"""Token-mean negative log-likelihood of the agent's tokens in one optimiser step."""
+SFT_TOKENS = "charts/sft_tokens"
+"""Agent (trained) tokens in one optimiser step."""
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m igpo_agent.sft",
+        description="Supervised warm start: imitate env-verified search demonstrations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a("--model", default="smollm2-135m-instruct", help="model alias, folder or hub id")
+    a("--out", default="runs/sft", help="run folder; the adapter is saved here")
+    a("--train-qa", default="default:train", help="QA set the demonstrations come from")
+    a("--eval-qa", default="default:dev", help="QA set of the greedy evaluation")
+    a("--corpus", default="default", help="corpus JSONL(.gz) or 'default'")
+    a("--retriever", default="bm25", help="backend name or http(s) URL")
+    a("--env-id", default="igpo_env:SearchQA-v0")
+    a("--protocol", default="tags", help="only 'tags' demonstrations are scripted")
+    a("--examples", type=int, default=64, help="demonstrations to build")
+    a("--unfound-rate", type=float, default=0.0, help="share of unretrieved cases kept")
+    a("--epochs", type=int, default=2, help="passes over the demonstrations")
+    a("--lr", type=float, default=1e-3, help="peak AdamW learning rate of the adapter")
+    a("--warmup", type=int, default=2, help="optimiser steps of linear warmup")
+    a("--weight-decay", type=float, default=0.0)
+    a("--max-grad-norm", type=float, default=1.0)
+    a("--lora-r", type=int, default=16)
+    a("--lora-alpha", type=int, default=32)
+    a("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated modules")
+    a("--micro-batch", type=int, default=1, help="sequences per forward/backward")
+    a("--batch", type=int, default=8, help="sequences per optimiser step")
+    a("--max-turns", type=int, default=3, help="env turn limit (demos need 3 for a retry)")
+    a("--max-new-tokens", type=int, default=64, help="token budget of one turn (train, eval)")
+    a("--top-k", type=int, default=3, help="documents per search (match the RL config)")
+    a("--doc-max-words", type=int, default=64, help="words per document (match the RL config)")
+    a("--eval-questions", type=int, default=32, help="dev questions evaluated; 0: skip")
+    a("--eval-before", action="store_true", help="also evaluate the untrained policy")
+    a("--seed", type=int, default=0)
+    a("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
+    a("--device", default="auto")
+    a("--dtype", default="auto")
+    args = p.parse_args(argv)
+    problems = []
+    for name in ("examples", "epochs", "lora_r", "micro_batch", "batch", "max_turns"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch % args.micro_batch:
+        problems.append(f"--batch {args.batch} must be a multiple of --micro-batch")
+    if args.lr <= 0:
+        problems.append("--lr must be > 0")
+    if args.protocol != "tags":
+        problems.append("--protocol: demonstrations are scripted for 'tags' only")
+    if args.eval_questions < 0:
+        problems.append("--eval-questions must be >= 0 (0 skips the evaluation)")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Multiplier of the peak lr at optimiser step ``step`` (0-based): linear warmup over
+    ``warmup`` steps, then linear decay to 10% of the peak at the last step."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    rest = max(total - warmup - 1, 1)
+    return 1.0 - 0.9 * min((step - warmup) / rest, 1.0)
+
+
+def action_nll(policy: Policy, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed negative log-likelihood of the action tokens of ``batch`` and their count.
+
+    Naive equivalent: ``-(policy.sequence_logprobs(ids, attn)[0] * action_mask).sum()``;
+    here the LM head runs only at the positions that predict an action token (the model's
+    ``logits_to_keep`` with a boolean mask), which skips most of the (L, V) logits of the
+    long prompt and observation spans. batch: ``pad_batch`` tensors (B, L).
+    """
+    dev = policy.device
+    ids = batch["input_ids"].to(dev)  # (B, L)
+    attn = batch["attention_mask"].to(dev)  # (B, L)
+    act = batch["action_mask"].to(dev).bool().clone()  # (B, L)
+    act[:, 0] = False  # position 0 has no predecessor (never an action token in practice)
+    pred = torch.zeros_like(act)
+    pred[:, :-1] = act[:, 1:]  # position j predicts token j + 1
+    out = policy.model(
+        input_ids=ids,
+        attention_mask=attn,
+        position_ids=position_ids_from_mask(attn),
+        use_cache=False,
+        logits_to_keep=pred,
+    )
+    logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V), row-major over (B, L)
+    lp, _ = selective_log_softmax(logits, ids[act])  # (N,)
+    return -lp.sum(), int(act.sum())
+
+
+def sft_loss(policy: Policy, batch: dict[str, torch.Tensor], normalizer: float) -> torch.Tensor:
+    """Token-mean cross-entropy piece of one micro-batch: its summed action-token NLL divided
+    by ``normalizer`` (the optimiser step's total action-token count), so the micro-batches
+    of a step add up to the token mean over the step. Prompt, observation and pad tokens
+    carry no loss."""
+    nll, _ = action_nll(policy, batch)
+    return nll / normalizer
+
+
+def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The columns cut to the longest sequence of the rows (less padding compute)."""
+    width = int(batch["attention_mask"].sum(1).max())
+    return {k: v[:, :width] for k, v in batch.items()}
+
+
+def train_step(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    demos: list[Trajectory],
+    *,
+    micro_batch: int,
+    max_grad_norm: float,
+) -> dict[str, float]:
+    """One optimiser step on ``demos`` (accumulated over micro-batches); its metrics."""
+    pad_id = policy.tokenizer.pad_token_id
+    tokens = float(sum(sum(t.action_mask()) for t in demos))
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for s in range(0, len(demos), micro_batch):
+        mb = _trim(pad_batch(demos[s : s + micro_batch], pad_id))
+        loss = sft_loss(policy, mb, tokens)
+        loss.backward()
+        total += float(loss.detach())
+    params = policy.trainable_parameters()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    return {SFT_NLL: total, K.GRAD_NORM: grad_norm, SFT_TOKENS: tokens}
+
+
+def run_eval(policy: Policy, envs: list, args: argparse.Namespace, label: str) -> dict[str, float]:
+    """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics."""
+    idx = eval_indices(question_count(envs[0]), args.eval_questions)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    t0 = time.perf_counter()
+    trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=args.protocol)
+    res = summarize(trajs, trajs[0].dataset or "eval")
+    secs = time.perf_counter() - t0
+    print(f"\n[{label}] {res.n} questions from {args.eval_qa} ({secs:.0f} s)")
+    print(results_table([res]))
+    print(f"[{label}] F1 {100 * res.f1:.1f}  format errors {100 * res.format_error_rate:.1f}%\n")
+    return {
+        K.EVAL_F1: res.f1,
+        K.EVAL_EM: res.em,
+        K.EVAL_COVER_EM: res.cover_em,
+        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+    }
+
+
+def _env_kw(args: argparse.Namespace, qa: str) -> dict[str, Any]:
+    return env_kwargs(
+        qa=qa,
+        corpus=args.corpus,
+        retriever=args.retriever,
+        top_k=args.top_k,
+        doc_max_words=args.doc_max_words,
+        protocol=args.protocol,
+        format_penalty=-2.0,
+        on_invalid="continue",
+    )
+
+
+def _demo_record(t: Trajectory) -> dict[str, Any]:
+    return {
+        "qid": t.qid,
+        "question": t.question,
+        "answers": t.answers,
+        "turns": t.turn_texts,
+        "kinds": t.turn_kinds,
+        "tokens": len(t.token_ids),
+        "action_tokens": sum(t.action_mask()),
+    }
+
+
+def sft(args: argparse.Namespace) -> dict[str, float]:
+    """Build demonstrations, fine-tune the adapter, evaluate, save; returns the last metrics."""
+    t_start = time.perf_counter()
+    configure_torch_threads(args.threads)
+    seed_everything(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sft_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    lora = LoraSettings(
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+    )
+    policy = Policy.load(
+        args.model, lora=lora, device=args.device, dtype=args.dtype, seed=args.seed
+    )
+    prompt_fn = policy_prompt_fn(policy, args.protocol)
+
+    # 1. demonstrations from a seeded permutation of the train questions
+    t0 = time.perf_counter()
+    (env,) = make_envs(args.env_id, 1, args.max_turns, **_env_kw(args, args.train_qa))
+    order = np.random.default_rng(args.seed).permutation(question_count(env)).tolist()
+    demos, stats = build_demonstrations(
+        env,
+        order,
+        prompt_fn,
+        policy.tokenizer,
+        count=args.examples,
+        seed=args.seed,
+        unfound_rate=args.unfound_rate,
+        max_turn_tokens=args.max_new_tokens,
+    )
+    env.close()
+    _report_demos(stats, len(demos), args.examples, time.perf_counter() - t0)
+    if not demos:
+        raise SystemExit(
+            "no demonstration was accepted: check that the retriever finds the gold answers "
+            f"of {args.train_qa} (or raise --unfound-rate); reasons: {stats.reasons}"
+        )
+    with open(out / "demonstrations.jsonl", "w", encoding="utf-8") as fh:
+        for t in demos:
+            fh.write(json.dumps(_demo_record(t), ensure_ascii=False) + "\n")
+
+    eval_envs: list = []
+    if args.eval_questions:
+        n_env = max(1, min(args.eval_questions, 16))
+        eval_envs = make_envs(args.env_id, n_env, args.max_turns, **_env_kw(args, args.eval_qa))
+    steps_per_epoch = math.ceil(len(demos) / args.batch)
+    total_steps = steps_per_epoch * args.epochs
+    logger = K.MetricsLogger(out, tensorboard=False, total_steps=total_steps)
+    logger.log(0, stats.as_metrics())
+    last: dict[str, float] = {}
+    if eval_envs and args.eval_before:
+        last = run_eval(policy, eval_envs, args, "before SFT")
+        logger.log(0, last)
+
+    # 2. the supervised loop: shuffled epochs, one optimiser step per --batch demonstrations
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay
+    )
+    rng = np.random.default_rng([args.seed, 1])
+    policy.model.train()
+    step = 0
+    t_train = time.perf_counter()
+    for _epoch in range(args.epochs):
+        perm = rng.permutation(len(demos)).tolist()
+        for s in range(0, len(perm), args.batch):
+            t_step = time.perf_counter()
+            lr = args.lr * lr_factor(step, total_steps, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            chunk = [demos[i] for i in perm[s : s + args.batch]]
+            metrics = train_step(
+                policy,
+                optimizer,
+                chunk,
+                micro_batch=args.micro_batch,
+                max_grad_norm=args.max_grad_norm,
+            )
+            step += 1
+            dt = time.perf_counter() - t_step
+            metrics[K.LEARNING_RATE] = lr
+            metrics[K.STEP_S] = dt
+            metrics["perf/train_tokens_per_s"] = sum(len(t.token_ids) for t in chunk) / dt
+            logger.log(step, metrics)
+            last = metrics
+    policy.model.eval()
+    train_s = time.perf_counter() - t_train
+
+    # 3. greedy evaluation, then save
+    if eval_envs:
+        final = run_eval(policy, eval_envs, args, "after SFT")
+        logger.log(total_steps, final)
+        last = {**last, **final}
+    saved = policy.save(out)
+    logger.close()
+    for e in eval_envs:
+        e.close()
+    total_s = time.perf_counter() - t_start
+    print(
+        f"SFT: {len(demos)} demonstrations, {total_steps} steps in {train_s:.0f} s "
+        f"(total {total_s:.0f} s). Adapter saved to {saved}; continue with RL:\n"
+        f"  python -m igpo_agent.train --config configs/cpu_demo.yaml --init_adapter {saved}"
+    )
+    return {**last, "time/sft_train_s": train_s, "time/sft_total_s": total_s}
+
+
+def _report_demos(stats: DemoStats, kept: int, wanted: int, secs: float) -> None:
+    print(
+        f"demonstrations: kept {kept}/{wanted} from {stats.tried} train questions in {secs:.1f} s "
+        f"(answer found by the 1st search {stats.found_first}, by the 2nd {stats.found_second}, "
+        f"unfound kept {stats.unfound_kept}; skipped: not retrieved {stats.not_found}, "
+        f"too long {stats.too_long}, rejected by the env {stats.rejected})"
+    )
+    if stats.reasons:
+        print("  e.g. " + "; ".join(stats.reasons[:3]))
+    if kept < wanted:
+        print(f"  warning: only {kept} of {wanted} demonstrations; the QA set ran out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see ``--help``)."""
+    sft(_parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
