@@ -67,12 +67,13 @@ _RETRY_THINK = (
     "The answer is not in these documents. Let me search with different words.",
     "These results do not answer the question. I will search again.",
 )
-_ANSWER_THINK = (
-    "Doc {doc} says {answer}.",
+_ANSWER_THINK = (  # no "Doc i (Title: ...)": a model imitating that copies the document
+    "The {doc} document says {answer}.",
     "The documents say {answer}.",
-    "According to Doc {doc}, the answer is {answer}.",
-    "Doc {doc} answers the question: {answer}.",
+    "According to the {doc} document, the answer is {answer}.",
+    "The {doc} document answers it: {answer}.",
 )
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 _GUESS_THINK = (
     "The documents do not say it directly; my best answer is {answer}.",
     "I could not find it in the documents, but I believe the answer is {answer}.",
@@ -135,7 +136,8 @@ def answer_turn(answer: str, rng: random.Random, *, doc: int | None) -> str:
     if doc is None:
         think = rng.choice(_GUESS_THINK).format(answer=answer)
     else:
-        think = rng.choice(_ANSWER_THINK).format(answer=answer, doc=doc)
+        nth = _ORDINALS[doc - 1] if 1 <= doc <= len(_ORDINALS) else "retrieved"
+        think = rng.choice(_ANSWER_THINK).format(answer=answer, doc=nth)
     return f"<think>{think}</think><answer>{answer.strip()}</answer>"
 
 

@@ -16,7 +16,8 @@ first steps on format errors. This front door:
    continues from it (``Policy.load(base, init_adapter=OUT)``).
 
 Metrics go to ``OUT/metrics.jsonl`` (``losses/sft_nll`` per optimiser step), the
-demonstrations to ``OUT/demonstrations.jsonl``, the arguments to ``OUT/sft_args.json``.
+demonstrations to ``OUT/demonstrations.jsonl``, the greedy eval episodes to
+``OUT/eval_before.jsonl`` / ``OUT/eval_after.jsonl``, the arguments to ``OUT/sft_args.json``.
 
 Example::
 
@@ -190,14 +191,27 @@ def train_step(
     return {SFT_NLL: total, K.GRAD_NORM: grad_norm, SFT_TOKENS: tokens}
 
 
-def run_eval(policy: Policy, envs: list, args: argparse.Namespace, label: str) -> dict[str, float]:
-    """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics."""
+def run_eval(
+    policy: Policy,
+    envs: list,
+    args: argparse.Namespace,
+    label: str,
+    episodes_path: Path | None = None,
+) -> dict[str, float]:
+    """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics and,
+    with ``episodes_path``, writes each episode's turns there (JSONL) for inspection."""
     idx = eval_indices(question_count(envs[0]), args.eval_questions)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
     trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=args.protocol)
     res = summarize(trajs, trajs[0].dataset or "eval")
     secs = time.perf_counter() - t0
+    if episodes_path is not None:
+        with open(episodes_path, "w", encoding="utf-8") as fh:
+            for t in trajs:
+                rec = {**_demo_record(t), "prediction": t.answer_text, **t.answer_metrics}
+                rec["format_ok"] = t.format_ok and t.answered
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     print(f"\n[{label}] {res.n} questions from {args.eval_qa} ({secs:.0f} s)")
     print(results_table([res]))
     print(f"[{label}] F1 {100 * res.f1:.1f}  format errors {100 * res.format_error_rate:.1f}%\n")
@@ -287,7 +301,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     logger.log(0, stats.as_metrics())
     last: dict[str, float] = {}
     if eval_envs and args.eval_before:
-        last = run_eval(policy, eval_envs, args, "before SFT")
+        last = run_eval(policy, eval_envs, args, "before SFT", out / "eval_before.jsonl")
         logger.log(0, last)
 
     # 2. the supervised loop: shuffled epochs, one optimiser step per --batch demonstrations
@@ -325,7 +339,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
 
     # 3. greedy evaluation, then save
     if eval_envs:
-        final = run_eval(policy, eval_envs, args, "after SFT")
+        final = run_eval(policy, eval_envs, args, "after SFT", out / "eval_after.jsonl")
         logger.log(total_steps, final)
         last = {**last, **final}
     saved = policy.save(out)

@@ -107,7 +107,8 @@ def test_found_by_first_search(env, tiny_policy) -> None:
     assert t.answer_text == "Paris" and t.answer_metrics["f1"] == 1.0
     assert "<search>What is the capital of France</search>" in t.turn_texts[0]
     assert t.turn_texts[1].endswith("<answer>Paris</answer>")
-    assert "Doc 1" in t.turn_texts[1] or "documents say" in t.turn_texts[1]
+    assert "first document" in t.turn_texts[1] or "documents say" in t.turn_texts[1]
+    assert "Doc" not in t.turn_texts[1]  # never the observation's own "Doc i (Title:" format
     assert (stats.kept, stats.found_first, stats.tried) == (1, 1, 1)
 
 

@@ -121,6 +121,9 @@ def test_cli_then_rl_from_the_adapter(
     assert all(r["losses/sft_nll"] > 0 for r in steps)
     assert rows[0]["sft/demos_kept"] == 3
     assert sum("eval/format_error_rate" in r for r in rows) == 2
+    evals = [json.loads(x) for x in (out / "eval_after.jsonl").read_text().splitlines()]
+    assert len(evals) == 2 and all("format_ok" in e and e["turns"] for e in evals)
+    assert (out / "eval_before.jsonl").is_file()
     demos = [json.loads(x) for x in (out / "demonstrations.jsonl").read_text().splitlines()]
     assert len(demos) == 3 and all(d["kinds"][-1] == "answer" for d in demos)
 
