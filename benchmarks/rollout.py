@@ -21,7 +21,8 @@ on the real ``igpo_env:SearchQA-v0``, at most ``--turns`` turns, env ``i`` reset
   rebuilds its vocabulary tables each call, ~1.2 s here, which only widens the gap).
 
 Reported: wall seconds of the whole rollout (env steps included), generated tokens,
-tokens per second, the speed ratio to ``hf_generate``, whether every episode's tokens are
+tokens fed in prefill forwards (prompts, observations, re-encoded histories), tokens per
+second, the speed ratio to ``hf_generate``, whether every episode's tokens are
 identical to the baseline's and the max |log-prob difference| over generated tokens.
 """
 
@@ -68,8 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def project_rollout(policy: Any, args: argparse.Namespace, reuse: bool) -> tuple[list, float, int]:
-    """The library's rollout; returns (trajectories, wall seconds, generated tokens)."""
+def project_rollout(
+    policy: Any, args: argparse.Namespace, reuse: bool
+) -> tuple[list, float, int, int]:
+    """The library's rollout; returns (trajectories, wall s, generated, prefilled tokens)."""
     from igpo_agent.prompts import policy_prompt_fn
     from igpo_agent.rollout import RolloutStats, rollout_batch
     from igpo_agent.sampling import GenerationSettings
@@ -98,7 +101,7 @@ def project_rollout(policy: Any, args: argparse.Namespace, reuse: bool) -> tuple
     wall = time.perf_counter() - t0
     for env in envs:
         env.close()
-    return trajs, wall, stats.tokens_generated
+    return trajs, wall, stats.tokens_generated, stats.prefill_tokens
 
 
 _CRITERIA: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -130,7 +133,7 @@ def hf_episode(policy: Any, env: Any, task: dict, seed: int, args: argparse.Name
     context = list(policy_prompt_fn(policy, "tags")(obs))
     actions: list[list[int]] = []
     logprobs: list[list[float]] = []
-    generated = 0
+    generated = prefill = 0
     eos = eos_token_ids(model, tok)
     if args.literal_stop_strings or not stops:
         stop_kwargs: dict[str, Any] = {"stop_strings": stops or None, "tokenizer": tok}
@@ -139,6 +142,7 @@ def hf_episode(policy: Any, env: Any, task: dict, seed: int, args: argparse.Name
     for _ in range(args.turns):
         budget = min(args.max_new_tokens, max_context - len(context))
         ids = torch.tensor([context])
+        prefill += len(context)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -168,10 +172,15 @@ def hf_episode(policy: Any, env: Any, task: dict, seed: int, args: argparse.Name
         if len(context) + len(obs_ids) + 1 > max_context:
             break
         context += obs_ids
-    return {"token_ids": context, "logprobs": logprobs, "generated": generated}
+    return {
+        "token_ids": context,
+        "logprobs": logprobs,
+        "generated": generated,
+        "prefill": prefill,
+    }
 
 
-def hf_rollout(policy: Any, args: argparse.Namespace) -> tuple[list[dict], float, int]:
+def hf_rollout(policy: Any, args: argparse.Namespace) -> tuple[list[dict], float, int, int]:
     """Every episode, one after another, with :func:`hf_episode`."""
     env = make_env(args.top_k, args.doc_max_words, args.turns)
     n = args.questions * args.group
@@ -188,7 +197,7 @@ def hf_rollout(policy: Any, args: argparse.Namespace) -> tuple[list[dict], float
     ]
     wall = time.perf_counter() - t0
     env.close()
-    return eps, wall, sum(e["generated"] for e in eps)
+    return eps, wall, sum(e["generated"] for e in eps), sum(e["prefill"] for e in eps)
 
 
 def compare(trajs: list, ref: list[dict]) -> tuple[int, float]:
@@ -238,31 +247,49 @@ def main(argv: list[str] | None = None) -> int:
             argparse.Namespace(**{**vars(args), "questions": 1, "group": 1, "turns": 1}),
             True,
         )  # warm-up
-        trajs, t_proj, n_proj = project_rollout(policy, args, reuse=True)
-        trajs_nc, t_nc, n_nc = project_rollout(policy, args, reuse=False)
+        trajs, t_proj, n_proj, p_proj = project_rollout(policy, args, reuse=True)
+        trajs_nc, t_nc, n_nc, p_nc = project_rollout(policy, args, reuse=False)
         base = None
         if not args.no_baseline:
             warm = make_env(args.top_k, args.doc_max_words, 1)  # stop-string tables, allocator
             hf_episode(policy, warm, {"index": args.first_question}, args.seed, args)
-            base, t_base, n_base = hf_rollout(policy, args)
+            base, t_base, n_base, p_base = hf_rollout(policy, args)
     turns = sum(t.num_turns for t in trajs) / n
     ctx = sum(len(t.token_ids) for t in trajs) / n
     print(f"mean turns/episode {turns:.2f}, mean final context {ctx:.0f} tokens")
     ref = base if base is not None else as_ref(trajs)
     t_ref = t_base if base is not None else t_proj
     rows = []
-    for name, tr, t, k in (
-        ("project (reuse_cache=True)", trajs, t_proj, n_proj),
-        ("project (reuse_cache=False)", trajs_nc, t_nc, n_nc),
+    for name, tr, t, k, pre in (
+        ("project (reuse_cache=True)", trajs, t_proj, n_proj, p_proj),
+        ("project (reuse_cache=False)", trajs_nc, t_nc, n_nc, p_nc),
     ):
         same, diff = compare(tr, ref)
-        rows.append([name, t, k, k / t, t_ref / t, f"{same}/{n}", diff])
+        rows.append([name, t, k, pre, k / t, t_ref / t, f"{same}/{n}", diff])
     if base is not None:
         rows.append(
-            ["hf_generate, 1 episode/call", t_base, n_base, n_base / t_base, 1.0, f"{n}/{n}", 0.0]
+            [
+                "hf_generate, 1 episode/call",
+                t_base,
+                n_base,
+                p_base,
+                n_base / t_base,
+                1.0,
+                f"{n}/{n}",
+                0.0,
+            ]
         )
     print_table(
-        ["method", "wall_s", "gen_tokens", "tok/s", "speedup", "same_tokens", "max_lp_diff"],
+        [
+            "method",
+            "wall_s",
+            "gen_tokens",
+            "prefill_tokens",
+            "tok/s",
+            "speedup",
+            "same_tokens",
+            "max_lp_diff",
+        ],
         rows,
     )
     print(f"reuse_cache=True vs False: {t_nc / t_proj:.2f}x")
