@@ -133,7 +133,7 @@ def _logprobs(policy: Any, batch: dict[str, torch.Tensor], size: int) -> torch.T
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     for sl in _micro_batches(batch["input_ids"].shape[0], size):
         mb = _trim(batch, sl)
-        lp, _ = policy.sequence_logprobs(mb["input_ids"], mb["attention_mask"])
+        lp, _ = policy.action_logprobs(mb["input_ids"], mb["attention_mask"], mb["action_mask"])
         out[sl, : lp.shape[1]] = lp.float().cpu()
     return out
 
@@ -180,8 +180,11 @@ def policy_update(
             if not bool(mb["action_mask"].any()):
                 continue
             width = mb["input_ids"].shape[1]
-            logp, ent = policy.sequence_logprobs(
-                mb["input_ids"], mb["attention_mask"], with_entropy=settings.entropy_coef > 0
+            logp, ent = policy.action_logprobs(
+                mb["input_ids"],
+                mb["attention_mask"],
+                mb["action_mask"],
+                with_entropy=settings.entropy_coef > 0,
             )
             dev = logp.device
             old_lp = logp.detach() if old is None else old[sl, :width].to(dev)

@@ -306,6 +306,47 @@ class Policy:
             ent = torch.cat([zero, torch.where(valid, ent, torch.zeros_like(ent))], dim=1)
         return lp, ent
 
+    def action_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        action_mask: torch.Tensor,
+        *,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sequence_logprobs`` restricted to the tokens in ``action_mask`` (others hold 0).
+
+        Naive equivalent: ``lp, ent = sequence_logprobs(ids, attn, with_entropy=...)`` then
+        ``lp * action_mask`` (and ``ent * action_mask``). Here the LM head and the softmax
+        run only at the positions that predict an action token (the model's boolean
+        ``logits_to_keep``): the prompt and observation spans, most of a search trajectory,
+        never materialise (L, V) logits, which bounds the update's memory and time.
+        input_ids, attention_mask, action_mask (B, L) -> (B, L), (B, L) or None.
+        """
+        ids = input_ids.to(self.device)
+        attn = attention_mask.to(self.device)
+        act = action_mask.to(self.device).bool() & attn.bool()
+        act[:, 0] = False  # position 0 has no predecessor
+        pred = torch.zeros_like(act)
+        pred[:, :-1] = act[:, 1:]  # position j predicts token j + 1
+        lp_full = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
+        ent_full = torch.zeros_like(lp_full) if with_entropy else None
+        if not bool(act.any()):
+            return lp_full, ent_full
+        out = self.forward_model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=position_ids_from_mask(attn),
+            use_cache=False,
+            logits_to_keep=pred,
+        )
+        logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V), row-major over (B, L)
+        lp, ent = selective_log_softmax(logits, ids[act], with_entropy=with_entropy)
+        lp_full = lp_full.masked_scatter(act, lp)
+        if ent_full is not None and ent is not None:
+            ent_full = ent_full.masked_scatter(act, ent)
+        return lp_full, ent_full
+
     # ------------------------------------------------------------------ parameters, I/O
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters the optimiser updates (the adapter's with LoRA, all without)."""

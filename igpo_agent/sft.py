@@ -48,8 +48,6 @@ from igpo_agent.policy import (
     LoraSettings,
     Policy,
     configure_torch_threads,
-    position_ids_from_mask,
-    selective_log_softmax,
 )
 from igpo_agent.prompts import policy_prompt_fn
 from igpo_agent.sampling import GenerationSettings
@@ -129,27 +127,13 @@ def action_nll(policy: Policy, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     """Summed negative log-likelihood of the action tokens of ``batch`` and their count.
 
     Naive equivalent: ``-(policy.sequence_logprobs(ids, attn)[0] * action_mask).sum()``;
-    here the LM head runs only at the positions that predict an action token (the model's
-    ``logits_to_keep`` with a boolean mask), which skips most of the (L, V) logits of the
-    long prompt and observation spans. batch: ``pad_batch`` tensors (B, L).
+    :meth:`Policy.action_logprobs` runs the LM head only where an action token is predicted.
+    batch: ``pad_batch`` tensors (B, L).
     """
-    dev = policy.device
-    ids = batch["input_ids"].to(dev)  # (B, L)
-    attn = batch["attention_mask"].to(dev)  # (B, L)
-    act = batch["action_mask"].to(dev).bool().clone()  # (B, L)
-    act[:, 0] = False  # position 0 has no predecessor (never an action token in practice)
-    pred = torch.zeros_like(act)
-    pred[:, :-1] = act[:, 1:]  # position j predicts token j + 1
-    out = policy.model(
-        input_ids=ids,
-        attention_mask=attn,
-        position_ids=position_ids_from_mask(attn),
-        use_cache=False,
-        logits_to_keep=pred,
-    )
-    logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V), row-major over (B, L)
-    lp, _ = selective_log_softmax(logits, ids[act])  # (N,)
-    return -lp.sum(), int(act.sum())
+    lp, _ = policy.action_logprobs(
+        batch["input_ids"], batch["attention_mask"], batch["action_mask"]
+    )  # (B, L), 0 off the action tokens
+    return -lp.sum(), int(batch["action_mask"].bool()[:, 1:].sum())
 
 
 def sft_loss(policy: Policy, batch: dict[str, torch.Tensor], normalizer: float) -> torch.Tensor:

@@ -81,6 +81,35 @@ def test_sequence_logprobs_gradients_reach_the_adapter(tiny_policy):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_action_logprobs_equal_masked_sequence_logprobs(tiny_policy, side):
+    _perturb_adapter(tiny_policy)
+    ids, mask = _pad(ROWS, side, tiny_policy.tokenizer.pad_token_id)
+    act = torch.zeros_like(mask, dtype=torch.bool)
+    act[0, -3:] = True  # a tail span, a single token, and a span in the middle
+    act[1, -1] = True
+    act[2, 4:7] = True
+    act &= mask.bool()
+    lp, ent = tiny_policy.sequence_logprobs(ids, mask, with_entropy=True)
+    want = (lp * act).sum() + (ent * act).sum()
+    want.backward()
+    want_grads = [p.grad.clone() for p in tiny_policy.trainable_parameters()]
+    tiny_policy.model.zero_grad(set_to_none=True)
+    alp, aent = tiny_policy.action_logprobs(ids, mask, act, with_entropy=True)
+    torch.testing.assert_close(alp, lp.detach() * act, atol=1e-5, rtol=0)
+    torch.testing.assert_close(aent, ent.detach() * act, atol=1e-5, rtol=0)
+    (alp.sum() + aent.sum()).backward()
+    for got, exp in zip(tiny_policy.trainable_parameters(), want_grads, strict=True):
+        torch.testing.assert_close(got.grad, exp, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in want_grads)
+
+
+def test_action_logprobs_without_action_tokens(tiny_policy):
+    ids, mask = _pad(ROWS, "right", tiny_policy.tokenizer.pad_token_id)
+    lp, ent = tiny_policy.action_logprobs(ids, mask, torch.zeros_like(mask), with_entropy=True)
+    assert (lp == 0).all() and (ent == 0).all()
+
+
 def test_sequence_logprobs_rejects_bad_shapes(tiny_policy):
     with pytest.raises(ValueError, match=r"\(B, L\)"):
         tiny_policy.sequence_logprobs(torch.ones(3, dtype=torch.long), torch.ones(3))
