@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-demo: install
-	$(PY) -m igpo_agent.train --config configs/cpu_demo.yaml
+# The main job: a supervised warm start (skipped when its adapter exists), then IGPO from it,
+# with a greedy dev evaluation before and after the RL steps.
+DEMO_DIR ?= runs/demo
+$(DEMO_DIR)/sft/adapter_model.safetensors: $(STAMP)
+	$(PY) -m igpo_agent.sft --out $(DEMO_DIR)/sft --eval-questions 0
+
+demo: $(DEMO_DIR)/sft/adapter_model.safetensors
+	$(PY) -m igpo_agent.train --config configs/cpu_demo.yaml \
+		--init_adapter $(DEMO_DIR)/sft --run_dir $(DEMO_DIR)/igpo
+	$(PY) -m igpo_agent.plot $(DEMO_DIR)/igpo
 
 lint: install
 	$(VENV)/bin/ruff check .

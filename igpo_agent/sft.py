@@ -74,7 +74,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--retriever", default="bm25", help="backend name or http(s) URL")
     a("--env-id", default="igpo_env:SearchQA-v0")
     a("--protocol", default="tags", help="only 'tags' demonstrations are scripted")
-    a("--examples", type=int, default=40, help="demonstrations to build")
+    a("--examples", type=int, default=64, help="demonstrations to build")
     a("--unfound-rate", type=float, default=0.0, help="share of unretrieved cases kept")
     a("--epochs", type=int, default=1, help="passes over the demonstrations")
     a("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
