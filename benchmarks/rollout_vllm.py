@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc-max-words", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-threads", type=int, default=1, help="torch threads of the HF engine")
+    p.add_argument(
+        "--vllm-threads", type=int, default=None, help="torch threads of vLLM (default: all CPUs)"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--repeat", type=int, default=2, help="timed rollouts per engine (best kept)")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 x 2 episodes, 2 turns")
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         path = policy.model.get_base_model().name_or_path
 
         t0 = time.perf_counter()
-        engine = VLLMEngine(path, dtype=args.dtype, max_model_len=2048, seed=args.seed)
+        engine = VLLMEngine(
+            path, dtype=args.dtype, max_model_len=2048, seed=args.seed, threads=args.vllm_threads
+        )
         startup = time.perf_counter() - t0
         gen = torch.Generator().manual_seed(args.seed)
 
