@@ -28,7 +28,8 @@ import yaml
 ALGOS = ("igpo", "grpo")
 IG_MODES = ("log_prob_diff", "prob_diff")
 NORMS = ("separate", "joint")
-IG_METHODS = ("packed", "naive")
+IG_METHODS = ("packed", "naive", "vllm")
+ENGINES = ("hf", "vllm")
 LOSS_AGGS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -86,6 +87,13 @@ class TrainConfig:
     temperature: float = _f(1.0, "rollout", "Sampling temperature (> 0).")
     top_p: float = _f(1.0, "rollout", "Nucleus sampling mass in (0, 1].")
     max_context: int | None = _f(None, "rollout", "Stop an episode past this many tokens.")
+    engine: str = _f(
+        "hf", "rollout", "Rollout engine: hf (transformers, default) or vllm (docs/VLLM.md)."
+    )
+    vllm_dtype: str = _f("bfloat16", "rollout", "vLLM engine dtype: bfloat16 or float32.")
+    vllm_threads: int | None = _f(
+        None, "rollout", "torch threads inside vLLM calls (CPU); none = every CPU."
+    )
     # --- algorithm ---
     algo: str = _f("igpo", "algorithm", "igpo (IG turn rewards + outcome) or grpo (outcome only).")
     ig_mode: str = _f(
@@ -96,7 +104,9 @@ class TrainConfig:
     )
     gamma: float = _f(1.0, "algorithm", "Discount of turn rewards in the return, in [0, 1].")
     ig_method: str = _f(
-        "packed", "algorithm", "packed (all turns in one forward) or naive (one per turn)."
+        "packed",
+        "algorithm",
+        "packed (all turns in one forward), naive (one per turn) or vllm (engine prompt_logprobs).",
     )
     # --- loss ---
     clip_eps: float = _f(0.2, "loss", "PPO ratio clip epsilon.")
@@ -183,11 +193,17 @@ def validate(cfg: TrainConfig) -> list[str]:
         ("ig_mode", IG_MODES),
         ("norm", NORMS),
         ("ig_method", IG_METHODS),
+        ("engine", ENGINES),
+        ("vllm_dtype", ("bfloat16", "float32")),
         ("loss_agg", LOSS_AGGS),
         ("lr_schedule", LR_SCHEDULES),
         ("dtype", DTYPES),
     ]:
         choice(name, allowed)
+    if cfg.ig_method == "vllm" and cfg.engine != "vllm":
+        e.append("ig_method=vllm scores through the vLLM engine: set engine=vllm too")
+    if cfg.vllm_threads is not None and cfg.vllm_threads < 1:
+        e.append(f"vllm_threads={cfg.vllm_threads}: use a positive count or none")
     if not _DEVICE_RE.match(cfg.device):
         e.append(f"device={cfg.device!r}: use auto, cpu, mps, cuda or cuda:N")
     if cfg.threads is not None and cfg.threads < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,19 +49,25 @@ def belief_matrix(
     answer_suffix: str,
     *,
     method: str = "packed",
+    scorer: Callable[[list[Trajectory], str, str], list[list[float]]] | None = None,
 ) -> torch.Tensor:
     """v_t for every trajectory as an (N, T_max) tensor (padding 0; IGPO_SPEC "Turn reward").
 
+    ``scorer`` replaces the HF scorer (e.g. the vLLM engine's ``belief_values``).
     Trajectories without a generated turn (context full at the prompt) get no values.
     """
     t_max = max([max(t.num_turns, 1) for t in trajs], default=1)
     values = torch.zeros(len(trajs), t_max)
-    live = [i for i, t in enumerate(trajs) if t.num_turns > 0]
+    live = [trajs[i] for i, t in enumerate(trajs) if t.num_turns > 0]
     if live:
-        rows = trajectory_belief_values(
-            policy, [trajs[i] for i in live], answer_prefix, answer_suffix, method=method
-        )
-        for i, row in zip(live, rows, strict=True):
+        if scorer is not None:
+            rows = scorer(live, answer_prefix, answer_suffix)
+        else:
+            rows = trajectory_belief_values(
+                policy, live, answer_prefix, answer_suffix, method=method
+            )
+        idx = [i for i, t in enumerate(trajs) if t.num_turns > 0]
+        for i, row in zip(idx, rows, strict=True):
             values[i, : len(row)] = torch.tensor(row, dtype=values.dtype)
     return values
 

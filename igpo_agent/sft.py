@@ -41,6 +41,7 @@ import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent import logging_utils as K
 from igpo_agent.checkpoint import seed_everything
 from igpo_agent.demonstrations import DemoStats, build_demonstrations
+from igpo_agent.engines import make_engine
 from igpo_agent.envs import env_kwargs, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
 from igpo_agent.learner import pad_batch
@@ -95,6 +96,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--seed", type=int, default=0)
     a("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     a("--device", default="auto")
+    a("--engine", default="hf", choices=("hf", "vllm"), help="engine of the eval episodes")
+    a("--vllm-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     a("--dtype", default="auto")
     args = p.parse_args(argv)
     problems = []
@@ -181,13 +184,18 @@ def run_eval(
     args: argparse.Namespace,
     label: str,
     episodes_path: Path | None = None,
+    engine: Any = None,
 ) -> dict[str, float]:
     """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics and,
     with ``episodes_path``, writes each episode's turns there (JSONL) for inspection."""
     idx = eval_indices(question_count(envs[0]), args.eval_questions)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
-    trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=args.protocol)
+    if engine is not None:
+        engine.sync_weights(policy)
+    trajs = evaluate_policy(
+        policy, envs, idx, settings=settings, protocol=args.protocol, engine=engine
+    )
     res = summarize(trajs, trajs[0].dataset or "eval")
     secs = time.perf_counter() - t0
     if episodes_path is not None:
@@ -284,8 +292,11 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     logger = K.MetricsLogger(out, tensorboard=False, total_steps=total_steps)
     logger.log(0, stats.as_metrics())
     last: dict[str, float] = {}
+    engine = None
+    if eval_envs:
+        engine = make_engine(args.engine, policy, seed=args.seed, dtype=args.vllm_dtype)
     if eval_envs and args.eval_before:
-        last = run_eval(policy, eval_envs, args, "before SFT", out / "eval_before.jsonl")
+        last = run_eval(policy, eval_envs, args, "before SFT", out / "eval_before.jsonl", engine)
         logger.log(0, last)
 
     # 2. the supervised loop: shuffled epochs, one optimiser step per --batch demonstrations
@@ -323,7 +334,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
 
     # 3. greedy evaluation, then save
     if eval_envs:
-        final = run_eval(policy, eval_envs, args, "after SFT", out / "eval_after.jsonl")
+        final = run_eval(policy, eval_envs, args, "after SFT", out / "eval_after.jsonl", engine)
         logger.log(total_steps, final)
         last = {**last, **final}
     saved = policy.save(out)

@@ -27,13 +27,13 @@ from igpo_agent.checkpoint import (
     trainable_state_dict,
 )
 from igpo_agent.config import TrainConfig, load_config
+from igpo_agent.engines import make_engine
 from igpo_agent.envs import env_kwargs, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
 from igpo_agent.learner import LossSettings, belief_matrix, compute_advantages, policy_update
 from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads
-from igpo_agent.prompts import policy_prompt_fn
 from igpo_agent.rewards import mean_ig_per_turn
-from igpo_agent.rollout import RolloutStats, rollout_batch
+from igpo_agent.rollout import RolloutStats
 from igpo_agent.sampling import GenerationSettings
 
 
@@ -106,13 +106,17 @@ def _env_kw(cfg: TrainConfig, qa: str) -> dict[str, Any]:
     )
 
 
-def run_eval(policy: Policy, cfg: TrainConfig, envs: list, label: str) -> dict[str, float]:
+def run_eval(
+    policy: Policy, cfg: TrainConfig, envs: list, label: str, engine: Any = None
+) -> dict[str, float]:
     """Greedy episodes on the fixed eval subset; prints the table, returns eval metrics."""
     idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_context=cfg.max_context
     )
-    trajs = evaluate_policy(policy, envs, idx, settings=settings, protocol=cfg.protocol)
+    trajs = evaluate_policy(
+        policy, envs, idx, settings=settings, protocol=cfg.protocol, engine=engine
+    )
     res = summarize(trajs, trajs[0].dataset or "eval")
     print(f"\n[{label}] {res.n} eval questions from {cfg.eval_qa}\n{results_table([res])}\n")
     return {
@@ -191,6 +195,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             model=policy.model, optimizer=optimizer, scheduler=scheduler, generators={"sample": gen}
         )
         print(f"resumed from {ckpt.path} at step {start}")
+    engine = make_engine(
+        cfg.engine, policy, seed=cfg.seed, dtype=cfg.vllm_dtype, threads=cfg.vllm_threads
+    )
     cfg.save_yaml(f"{cfg.run_dir}/config.yaml")
     logger = K.MetricsLogger(
         cfg.run_dir,
@@ -202,19 +209,17 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     prefix, suffix = answer_wrapper(envs[0])
     last: dict[str, float] = {}
     if eval_envs and start == 0:
-        last = run_eval(policy, cfg, eval_envs, "before training")
+        last = run_eval(policy, cfg, eval_envs, "before training", engine)
         logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
 
     for step in range(start + 1, cfg.steps + 1):
         t_step = time.perf_counter()
         tasks = [{"index": i} for i in sampler.next(cfg.questions_per_step)]
         stats = RolloutStats()
-        trajs = rollout_batch(
-            policy.model,
-            policy.tokenizer,
-            policy_prompt_fn(policy, cfg.protocol),
+        trajs = engine.rollout(
             envs,
             tasks,
+            protocol=cfg.protocol,
             group_size=cfg.group_size,
             settings=settings,
             generator=gen,
@@ -224,7 +229,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         rollouts_seen += len(trajs)
 
         t0 = time.perf_counter()
-        if cfg.algo == "igpo":
+        if cfg.algo == "igpo" and cfg.ig_method == "vllm":
+            values = belief_matrix(policy, trajs, prefix, suffix, scorer=engine.belief_values)
+        elif cfg.algo == "igpo":
             values = belief_matrix(policy, trajs, prefix, suffix, method=cfg.ig_method)
         else:  # GRPO: IG switched off (same code path, outcome only)
             values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
@@ -242,6 +249,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings)
         lr_now = scheduler.get_last_lr()[0]
         scheduler.step()
+        timing["update_s"] += engine.sync_weights(policy)  # the new weights reach the engine
 
         n = len(trajs)
         metrics: dict[str, float] = {
@@ -278,7 +286,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         if cfg.dump_rollouts_every and step % cfg.dump_rollouts_every == 0:
             dumper.dump(step, _rollout_records(trajs, adv, values))
         if eval_envs and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}"))
+            metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", engine))
         metrics[K.STEP_S] = time.perf_counter() - t_step
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.log(step, metrics)
@@ -297,7 +305,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             )
 
     if eval_envs and cfg.steps > start:
-        final_eval = run_eval(policy, cfg, eval_envs, "after training")
+        final_eval = run_eval(policy, cfg, eval_envs, "after training", engine)
         logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
         last = {**last, **final_eval}
     out = policy.save(f"{cfg.run_dir}/final")
