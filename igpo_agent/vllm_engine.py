@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -88,6 +89,26 @@ def _threads(n: int, set_threads: Any) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             set_threads(before)
+
+
+@contextlib.contextmanager
+def _hide_llvmlite() -> Iterator[None]:
+    """Keep llvmlite's modules out of ``sys.modules`` while vLLM starts.
+
+    vLLM's CPU platform scans every loaded module's attributes for Triton kernels to
+    override and calls ``vars(value).get`` on each; llvmlite's ``ffi.lib`` wrapper answers
+    any attribute, ``__dict__`` included, with a function wrapper, so the scan crashes
+    (AttributeError: '_lib_fn_wrapper' object has no attribute 'get') whenever numba (the
+    bm25s backend) was imported first. The modules stay alive through numba's references
+    and are put back unchanged.
+    """
+    hidden = {k: m for k, m in sys.modules.items() if k == "llvmlite" or k.startswith("llvmlite.")}
+    for k in hidden:
+        del sys.modules[k]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def _eos_ids(path: str, tokenizer: Any) -> list[int]:
@@ -158,7 +179,7 @@ class VLLMEngine:
         self._set_threads = torch.set_num_threads
         rng = (torch.random.get_rng_state(), random.getstate())
         try:
-            with _threads(self.threads, self._set_threads):
+            with _threads(self.threads, self._set_threads), _hide_llvmlite():
                 self.llm = LLM(
                     model=self.path,
                     tokenizer=self.path,
