@@ -150,21 +150,33 @@ def policy_update(
     trajs: Sequence[Trajectory],
     turn_returns: torch.Tensor,
     settings: LossSettings,
+    *,
+    normalizer: float | None = None,
+    reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Run ``ppo_epochs`` optimiser steps on the batch; returns (loss metrics, timings).
 
     Every token the agent generated in turn t gets ``turn_returns[i, t]``; prompt and
     observation tokens are masked out. Micro-batches accumulate gradients with the global
     token (or sequence) count as the loss normaliser, so the step equals the full-batch one.
+
+    Data parallel (:mod:`igpo_agent.distributed`): ``normalizer`` overrides this batch's
+    own count with the count summed over ranks, and ``reduce_grads(params)`` sums the
+    gradients over ranks before clipping and the optimiser step. A rank whose share has
+    no action token still takes part (zero gradient); only a global ``normalizer`` of 0
+    skips the update, on every rank alike.
     """
     pad_id = policy.tokenizer.pad_token_id
     batch = pad_batch(trajs, pad_id)
     batch["advantages"] = token_advantages(turn_returns, batch["token_turns"])
     mask = batch["action_mask"]
     timings = {"old_logprobs_s": 0.0, "update_s": 0.0}
-    if not bool(mask.any()):
+    if normalizer is None:
+        if not bool(mask.any()):
+            return {}, timings
+        normalizer = loss_normalizer(mask, settings.loss_agg)  # type: ignore[arg-type]
+    elif normalizer <= 0:
         return {}, timings
-    normalizer = loss_normalizer(mask, settings.loss_agg)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     old = _logprobs(policy, batch, settings.micro_batch_size) if settings.ppo_epochs > 1 else None
     ref = None
@@ -214,6 +226,8 @@ def policy_update(
             for k, v in m.items():
                 if k not in ("num_tokens", "num_seqs") and math.isfinite(v):
                     sums[k] = sums.get(k, 0.0) + v * w
+        if reduce_grads is not None:
+            reduce_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
         optimizer.step()
     policy.model.eval()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent import distributed as D
 from igpo_agent import logging_utils as K
 from igpo_agent.checkpoint import (
     capture_rng_state,
@@ -128,7 +129,22 @@ def run_eval(
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Train per ``cfg``; returns the last logged metrics (eval included)."""
+    """Train per ``cfg``; returns the last logged metrics (eval included).
+
+    Under ``torchrun``/``accelerate launch`` each rank rolls out its share of the step's
+    questions and the gradients are summed over ranks; rank 0 logs, evaluates and saves
+    (:mod:`igpo_agent.distributed`, docs/DISTRIBUTED.md).
+    """
+    world = D.init_distributed(cfg.device)
+    try:
+        return _train(cfg, world)
+    finally:
+        D.destroy_distributed(world)
+
+
+def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
+    D.check_divisible(cfg.questions_per_step, world)
+    local_questions = cfg.questions_per_step // world.world_size
     configure_torch_threads(cfg.threads)
     seed_everything(cfg.seed)
     lora = None
@@ -142,15 +158,18 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     policy = Policy.load(
         cfg.model,
         lora=lora,
-        device=cfg.device,
+        device=D.rank_device(cfg.device, world),  # cuda:LOCAL_RANK under several GPU ranks
         dtype=cfg.dtype,
         init_adapter=cfg.init_adapter,
         seed=cfg.seed,
         reference_copy=cfg.full_finetune and cfg.kl_coef > 0,
     )
-    envs = make_envs(cfg.env_id, cfg.rollouts_per_step, cfg.max_turns, **_env_kw(cfg, cfg.train_qa))
+    D.broadcast_params(policy.trainable_parameters(), world)  # identical start on every rank
+    envs = make_envs(
+        cfg.env_id, local_questions * cfg.group_size, cfg.max_turns, **_env_kw(cfg, cfg.train_qa)
+    )
     eval_envs = []
-    if cfg.eval_questions != 0:
+    if cfg.eval_questions != 0 and world.is_main:
         eval_envs = make_envs(
             cfg.env_id,
             max(1, min(cfg.eval_questions, 16)),
@@ -158,7 +177,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             **_env_kw(cfg, cfg.eval_qa),
         )
     sampler = QuestionSampler(question_count(envs[0]), cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, world.rank))
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -191,30 +210,38 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         sampler.load_state_dict(ckpt.data_state["sampler"])
         rollouts_seen = int(ckpt.data_state["rollouts_seen"])
         start = ckpt.step
+        ckpt.rng["generators"], own_rng = D.split_rank_rng(ckpt.rng["generators"], world)
         ckpt.restore(
             model=policy.model, optimizer=optimizer, scheduler=scheduler, generators={"sample": gen}
         )
-        print(f"resumed from {ckpt.path} at step {start}")
+        D.restore_rank_rng(own_rng, gen)
+        if world.is_main:
+            print(f"resumed from {ckpt.path} at step {start}")
     engine = make_engine(
         cfg.engine, policy, seed=cfg.seed, dtype=cfg.vllm_dtype, threads=cfg.vllm_threads
     )
-    cfg.save_yaml(f"{cfg.run_dir}/config.yaml")
+    if world.is_main:
+        cfg.save_yaml(f"{cfg.run_dir}/config.yaml")
     logger = K.MetricsLogger(
         cfg.run_dir,
         tensorboard=cfg.tensorboard,
         total_steps=cfg.steps,
+        enabled=world.is_main,
         resume_step=start if resume_from is not None else None,
     )
-    dumper = K.RolloutDumper(cfg.run_dir, enabled=cfg.dump_rollouts_every > 0)
+    dumper = K.RolloutDumper(cfg.run_dir, enabled=cfg.dump_rollouts_every > 0 and world.is_main)
     prefix, suffix = answer_wrapper(envs[0])
     last: dict[str, float] = {}
-    if eval_envs and start == 0:
-        last = run_eval(policy, cfg, eval_envs, "before training", engine)
-        logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
+    if cfg.eval_questions != 0 and start == 0:
+        if eval_envs:
+            last = run_eval(policy, cfg, eval_envs, "before training", engine)
+            logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
+        D.barrier(world)  # the other ranks wait for rank 0's evaluation
 
     for step in range(start + 1, cfg.steps + 1):
         t_step = time.perf_counter()
-        tasks = [{"index": i} for i in sampler.next(cfg.questions_per_step)]
+        questions = sampler.next(cfg.questions_per_step)  # the same on every rank
+        tasks = [{"index": i} for i in D.rank_slice(questions, world)]
         stats = RolloutStats()
         trajs = engine.rollout(
             envs,
@@ -223,10 +250,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             group_size=cfg.group_size,
             settings=settings,
             generator=gen,
-            seed=cfg.seed * 1_000_003 + step * len(envs),
+            # env seeds by global rollout index: rank r's envs get the seeds one process would
+            seed=cfg.seed * 1_000_003 + step * cfg.rollouts_per_step + world.rank * len(envs),
             stats=stats,
         )
-        rollouts_seen += len(trajs)
+        rollouts_seen += len(trajs) * world.world_size
 
         t0 = time.perf_counter()
         if cfg.algo == "igpo" and cfg.ig_method == "vllm":
@@ -246,7 +274,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             gamma=cfg.gamma,
             format_penalty=cfg.format_penalty,
         )
-        loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings)
+        dp: dict[str, Any] = {}
+        if world.enabled:  # global normaliser + summed gradients = the full-batch step
+            dp["normalizer"] = D.global_normalizer(trajs, cfg.loss_agg, world)
+            dp["reduce_grads"] = lambda params: D.all_reduce_grads(params, world)
+        loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings, **dp)
+        D.maybe_dump_trainable(policy.model, step, world)
         lr_now = scheduler.get_last_lr()[0]
         scheduler.step()
         timing["update_s"] += engine.sync_weights(policy)  # the new weights reach the engine
@@ -283,37 +316,65 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         ):
             if src in loss_m:
                 metrics[dst] = loss_m[src]
+        if world.enabled:
+            metrics = _merge_rank_metrics(metrics, loss_m, world)
         if cfg.dump_rollouts_every and step % cfg.dump_rollouts_every == 0:
-            dumper.dump(step, _rollout_records(trajs, adv, values))
-        if eval_envs and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", engine))
+            records = D.all_gather_objects(_rollout_records(trajs, adv, values), world)
+            dumper.dump(step, [r for rank_records in records for r in rank_records])
+        if cfg.eval_questions != 0 and cfg.eval_every and step % cfg.eval_every == 0:
+            if step < cfg.steps:
+                if eval_envs:
+                    metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", engine))
+                D.barrier(world)
         metrics[K.STEP_S] = time.perf_counter() - t_step
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.log(step, metrics)
         last = metrics
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            save_checkpoint(
-                cfg.run_dir,
-                step,
-                model_state=trainable_state_dict(policy.model),
-                optimizer=optimizer,
-                scheduler=scheduler,
-                rng=capture_rng_state({"sample": gen}),
-                data_state={"sampler": sampler.state_dict(), "rollouts_seen": rollouts_seen},
-                config=cfg.to_dict(),
-                keep=cfg.keep_checkpoints,
-            )
+            rank_rng = D.gather_rank_rng(gen, world)  # collective: every rank's streams
+            if world.is_main:
+                save_checkpoint(
+                    cfg.run_dir,
+                    step,
+                    model_state=trainable_state_dict(policy.model),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rng=capture_rng_state({"sample": gen, **rank_rng}),
+                    data_state={"sampler": sampler.state_dict(), "rollouts_seen": rollouts_seen},
+                    config=cfg.to_dict(),
+                    keep=cfg.keep_checkpoints,
+                )
+            D.barrier(world)
 
-    if eval_envs and cfg.steps > start:
-        final_eval = run_eval(policy, cfg, eval_envs, "after training", engine)
-        logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
-        last = {**last, **final_eval}
-    out = policy.save(f"{cfg.run_dir}/final")
+    if cfg.eval_questions != 0 and cfg.steps > start:
+        if eval_envs:
+            final_eval = run_eval(policy, cfg, eval_envs, "after training", engine)
+            logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
+            last = {**last, **final_eval}
+        D.barrier(world)
+    if world.is_main:
+        out = policy.save(f"{cfg.run_dir}/final")
+        print(f"saved the trained policy to {out}; metrics in {cfg.run_dir}/metrics.jsonl")
     logger.close()
     for env in envs + eval_envs:
         env.close()
-    print(f"saved the trained policy to {out}; metrics in {cfg.run_dir}/metrics.jsonl")
     return last
+
+
+def _merge_rank_metrics(
+    metrics: dict[str, float], loss_m: dict[str, float], world: D.DistInfo
+) -> dict[str, float]:
+    """One step record from every rank's: rollout means averaged (equal rollouts per rank),
+    loss means weighted by each rank's action tokens, throughput summed, times maxed."""
+    loss_keys = [K.POLICY_LOSS, K.KL, K.ENTROPY, K.CLIPFRAC, K.APPROX_KL, K.TOTAL_LOSS]
+    per_rank = D.all_gather_objects((metrics, loss_m.get("num_tokens", 0.0)), world)
+    tokens = [t for _, t in per_rank]
+    return D.merge_metrics(
+        [m for m, _ in per_rank],
+        {k: tokens for k in loss_keys},
+        sum_keys=(K.TOKENS_PER_S,),
+        max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S),
+    )
 
 
 def answer_wrapper(env: Any) -> tuple[str, str]:
