@@ -369,12 +369,14 @@ def _merge_rank_metrics(
     loss_keys = [K.POLICY_LOSS, K.KL, K.ENTROPY, K.CLIPFRAC, K.APPROX_KL, K.TOTAL_LOSS]
     per_rank = D.all_gather_objects((metrics, loss_m.get("num_tokens", 0.0)), world)
     tokens = [t for _, t in per_rank]
-    return D.merge_metrics(
+    merged = D.merge_metrics(
         [m for m, _ in per_rank],
         {k: tokens for k in loss_keys},
         sum_keys=(K.TOKENS_PER_S,),
         max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S),
     )
+    merged[K.ROLLOUTS_SEEN] = metrics[K.ROLLOUTS_SEEN]  # already global, an int
+    return merged
 
 
 def answer_wrapper(env: Any) -> tuple[str, str]:

@@ -136,6 +136,7 @@ def test_two_ranks_match_each_other_and_one_process(
     single = [json.loads(x) for x in (single_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert [r["charts/rollouts_seen"] for r in rows] == [4, 8]  # the global batch
+    assert all(isinstance(r["charts/rollouts_seen"], int) for r in rows)
     for key in ("charts/turns_per_episode", "charts/reward_mean", "losses/policy"):
         for a, b in zip(rows, single, strict=True):
             assert a[key] == pytest.approx(b[key], abs=1e-4), key
