@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +326,13 @@ def split_rank_rng(
     prefix = f"rank{info.rank}/"
     if info.rank > 0:
         mine = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+        if not mine:
+            warnings.warn(
+                f"the checkpoint holds no RNG streams for rank {info.rank} (saved with fewer "
+                "ranks?): this rank restarts its sampling from rank 0's state, so the resumed "
+                "run is valid but not an exact continuation",
+                stacklevel=2,
+            )
     return common, mine
 
 

@@ -202,3 +202,13 @@ def test_merge_metrics() -> None:
     ranks[1]["only1"] = 7.0
     out = D.merge_metrics(ranks, {"loss": [1.0, 3.0]}, sum_keys=("tps",), max_keys=("t",))
     assert out == {"a": 2.0, "loss": pytest.approx(4.25), "t": 3.0, "tps": 40.0, "only1": 7.0}
+
+
+def test_split_rank_rng() -> None:
+    saved = {"sample": torch.zeros(2), "rank1/sample": torch.ones(2), "rank2/torch": torch.ones(1)}
+    common, mine = D.split_rank_rng(saved, D.DistInfo(rank=1, world_size=3))
+    assert set(common) == {"sample"} and set(mine) == {"sample"}
+    assert torch.equal(mine["sample"], torch.ones(2))
+    assert D.split_rank_rng(saved, D.DistInfo())[1] == {}
+    with pytest.warns(UserWarning, match="no RNG streams for rank 3"):
+        D.split_rank_rng(saved, D.DistInfo(rank=3, world_size=4))
