@@ -411,6 +411,22 @@ def belief_values(
         return _packed(model, seqs, boundaries, golds, max_tokens_per_batch, padding_side)
 
 
+def trajectory_gold_specs(
+    tokenizer: Any, trajectories: Sequence[Any], answer_prefix: str, answer_suffix: str
+) -> list[GoldSpec]:
+    """The :class:`GoldSpec` of each trajectory's first gold alias (one per distinct gold)."""
+    specs: dict[str, GoldSpec] = {}
+    out = []
+    for tr in trajectories:
+        if not tr.answers:
+            raise ValueError(f"trajectory {tr.qid!r} has no gold answers; IG needs one")
+        gold = tr.answers[0]
+        if gold not in specs:
+            specs[gold] = gold_spec(tokenizer, gold, answer_prefix, answer_suffix)
+        out.append(specs[gold])
+    return out
+
+
 def trajectory_belief_values(
     policy: Any,
     trajectories: Sequence[Any],
@@ -425,20 +441,11 @@ def trajectory_belief_values(
     Uses each trajectory's first gold alias and ``boundaries()``; the wrapper strings come
     from the env's ``info["protocol"]``. Returns one list of T values per trajectory.
     """
-    specs: dict[str, GoldSpec] = {}
-    golds = []
-    for tr in trajectories:
-        if not tr.answers:
-            raise ValueError(f"trajectory {tr.qid!r} has no gold answers; IG needs one")
-        gold = tr.answers[0]
-        if gold not in specs:
-            specs[gold] = gold_spec(policy.tokenizer, gold, answer_prefix, answer_suffix)
-        golds.append(specs[gold])
     return belief_values(
         policy.model,
         [tr.token_ids for tr in trajectories],
         [tr.boundaries() for tr in trajectories],
-        golds,
+        trajectory_gold_specs(policy.tokenizer, trajectories, answer_prefix, answer_suffix),
         method=method,
         max_tokens_per_batch=max_tokens_per_batch,
     )

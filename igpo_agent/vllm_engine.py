@@ -39,7 +39,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from igpo_agent.info_gain import GoldSpec, _validate, gold_spec
+from igpo_agent.info_gain import GoldSpec, _validate, trajectory_gold_specs
 from igpo_agent.rollout import PromptFn, RolloutStats, _end_context, _record_turn, _start
 from igpo_agent.sampling import GenerationSettings
 from igpo_agent.trajectory import Trajectory
@@ -377,20 +377,11 @@ class VLLMEngine:
         self, trajectories: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
     ) -> list[list[float]]:
         """:func:`igpo_agent.info_gain.trajectory_belief_values` through this engine."""
-        specs: dict[str, GoldSpec] = {}
-        golds = []
-        for tr in trajectories:
-            if not tr.answers:
-                raise ValueError(f"trajectory {tr.qid!r} has no gold answers; IG needs one")
-            gold = tr.answers[0]
-            if gold not in specs:
-                specs[gold] = gold_spec(self.tokenizer, gold, answer_prefix, answer_suffix)
-            golds.append(specs[gold])
         return vllm_belief_values(
             self,
             [tr.token_ids for tr in trajectories],
             [tr.boundaries() for tr in trajectories],
-            golds,
+            trajectory_gold_specs(self.tokenizer, trajectories, answer_prefix, answer_suffix),
         )
 
 
