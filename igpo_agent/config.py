@@ -28,7 +28,7 @@ import yaml
 ALGOS = ("igpo", "grpo")
 IG_MODES = ("log_prob_diff", "prob_diff")
 NORMS = ("separate", "joint")
-IG_METHODS = ("packed", "naive", "vllm")
+IG_METHODS = ("auto", "live", "packed", "naive", "vllm")
 ENGINES = ("hf", "vllm")
 LOSS_AGGS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -104,9 +104,11 @@ class TrainConfig:
     )
     gamma: float = _f(1.0, "algorithm", "Discount of turn rewards in the return, in [0, 1].")
     ig_method: str = _f(
-        "packed",
+        "auto",
         "algorithm",
-        "packed (all turns in one forward), naive (one per turn) or vllm (engine prompt_logprobs).",
+        "How v_t is scored: live (from the rollout's KV cache, hf engine), packed (all turns "
+        "in one forward after the rollout), naive (one forward per turn), vllm (engine "
+        "prompt_logprobs); auto = live with engine hf, packed with engine vllm.",
     )
     # --- loss ---
     clip_eps: float = _f(0.2, "loss", "PPO ratio clip epsilon.")
@@ -179,6 +181,13 @@ class TrainConfig:
         return path
 
 
+def resolve_ig_method(cfg: TrainConfig) -> str:
+    """The concrete IG scoring path: ``auto`` is ``live`` on the hf engine, else ``packed``."""
+    if cfg.ig_method != "auto":
+        return cfg.ig_method
+    return "live" if cfg.engine == "hf" else "packed"
+
+
 def validate(cfg: TrainConfig) -> list[str]:
     """Every problem with ``cfg`` as a message that says what to change (empty: valid)."""
     e: list[str] = []
@@ -200,6 +209,8 @@ def validate(cfg: TrainConfig) -> list[str]:
         ("dtype", DTYPES),
     ]:
         choice(name, allowed)
+    if cfg.ig_method == "live" and cfg.engine != "hf":
+        e.append("ig_method=live scores inside the hf engine's rollout: use packed or vllm")
     if cfg.ig_method == "vllm" and cfg.engine != "vllm":
         e.append("ig_method=vllm scores through the vLLM engine: set engine=vllm too")
     if cfg.vllm_threads is not None and cfg.vllm_threads < 1:

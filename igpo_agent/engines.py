@@ -42,8 +42,10 @@ class HFEngine:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         stats: RolloutStats | None = None,
+        score_beliefs: bool = False,
     ) -> list[Trajectory]:
-        """``rollout_batch`` over the policy's model (see :mod:`igpo_agent.rollout`)."""
+        """``rollout_batch`` over the policy's model (see :mod:`igpo_agent.rollout`);
+        ``score_beliefs`` records v_t from the live KV cache (``ig_method="live"``)."""
         return rollout_batch(
             self.policy.model,
             self.policy.tokenizer,
@@ -55,6 +57,7 @@ class HFEngine:
             generator=generator,
             seed=seed,
             stats=stats,
+            score_beliefs=score_beliefs,
         )
 
 
@@ -88,8 +91,14 @@ class VLLMRollouts:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         stats: RolloutStats | None = None,
+        score_beliefs: bool = False,
     ) -> list[Trajectory]:
         """``VLLMEngine.rollout_batch`` with the policy's prompt template."""
+        if score_beliefs:
+            raise ValueError(
+                "the vLLM engine does not score beliefs during the rollout: "
+                "use ig_method=vllm or packed"
+            )
         return self.engine.rollout_batch(
             policy_prompt_fn(self.policy, protocol),
             envs,

@@ -21,6 +21,10 @@ never recovered by scanning text:
 - ``turn_texts[t]`` is the decoded action (special tokens skipped) given to ``env.step``;
   ``turn_kinds[t]`` is ``info["action"]``; ``env_rewards[t]`` the step reward;
   ``observations[t]`` the text of observation span ``t`` (one per observation span).
+- ``beliefs``: with ``score_beliefs=True``, v_t at every boundary b_t (the start of each
+  turn), scored from the live KV cache right after that turn's prefill
+  (:mod:`igpo_agent.live_belief`) for the first gold alias inside the env's answer
+  wrapper (``info["protocol"]["answer_prefix"/"answer_suffix"]``); one value per turn.
 - ``answered``: the episode terminated on a valid answer; ``outcome_f1``: that step's
   reward; ``answer_text`` / ``answer_metrics``: the env's ``info["answer"]`` and
   ``info["metrics"]`` of that step; ``dataset``: ``info["dataset"]``; ``format_ok``: every turn was valid; ``truncated``: the env's turn limit hit, or
@@ -45,6 +49,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from igpo_agent.info_gain import GoldSpec, gold_spec
 from igpo_agent.sampling import (
     EpisodeCache,
     GenerationSettings,
@@ -75,6 +80,7 @@ class RolloutStats:
     forward_calls: int = 0
     decode_rows: int = 0  # sum of batch sizes over decode forwards
     gen_seconds: float = 0.0  # time inside the model (prefill + decode + sampling)
+    ig_seconds: float = 0.0  # scoring beliefs from the live cache (score_beliefs=True)
     env_seconds: float = 0.0  # time inside env.reset / env.step
     context_truncated: int = 0
     last_batch_sizes: list[int] = field(default_factory=list)  # per forward, last call only
@@ -92,6 +98,7 @@ class RolloutStats:
             f"{prefix}tokens_generated": float(self.tokens_generated),
             f"{prefix}tokens_per_second": self.tokens_per_second,
             f"{prefix}gen_seconds": self.gen_seconds,
+            f"{prefix}ig_seconds": self.ig_seconds,
             f"{prefix}env_seconds": self.env_seconds,
             f"{prefix}context_truncated": float(self.context_truncated),
         }
@@ -107,6 +114,7 @@ class _Episode:
     pending: list[int]  # tokens not yet through the model (cache reuse)
     cache: EpisodeCache | None = None
     done: bool = False
+    gold: GoldSpec | None = None  # scored at every turn start when beliefs are asked for
 
 
 def _stop_strings(info: dict[str, Any], extra: Sequence[str]) -> tuple[str, ...]:
@@ -131,6 +139,7 @@ def _start(
     prompt_fn: PromptFn,
     settings: GenerationSettings,
     max_context: int,
+    gold_fn: Callable[[list[str], dict[str, Any]], GoldSpec] | None = None,
 ) -> _Episode:
     obs, info = env.reset(seed=seed, options=options)
     if "answers" not in info:
@@ -152,6 +161,8 @@ def _start(
         dataset=str(info.get("dataset", "")),
     )
     ep = _Episode(env, traj, _stop_strings(info, settings.stop), pending=list(prompt))
+    if gold_fn is not None:
+        ep.gold = gold_fn(traj.answers, info)
     if len(prompt) >= max_context:
         _end_context(ep, f"prompt of {len(prompt)} tokens >= max_context {max_context}")
     return ep
@@ -209,6 +220,25 @@ def _record_turn(
     ep.pending = (tokens[-1:] + obs_ids) if reuse else list(traj.token_ids)
 
 
+def _gold_fn(tokenizer: Any) -> Callable[[list[str], dict[str, Any]], GoldSpec]:
+    """Builds (and memoises per gold and wrapper) the GoldSpec an episode is scored with."""
+    specs: dict[tuple[str, str, str], GoldSpec] = {}
+
+    def make(answers: list[str], info: dict[str, Any]) -> GoldSpec:
+        protocol = info.get("protocol") or {}
+        if not answers or "answer_prefix" not in protocol:
+            raise ValueError(
+                "score_beliefs needs the gold answers and the env's answer wrapper "
+                "(info['answers'], info['protocol']['answer_prefix'/'answer_suffix'])"
+            )
+        key = (answers[0], protocol["answer_prefix"], protocol.get("answer_suffix", ""))
+        if key not in specs:
+            specs[key] = gold_spec(tokenizer, *key)
+        return specs[key]
+
+    return make
+
+
 def rollout_batch(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -221,6 +251,7 @@ def rollout_batch(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     stats: RolloutStats | None = None,
+    score_beliefs: bool = False,
 ) -> list[Trajectory]:
     """Run ``group_size`` episodes of every task, all batched; one Trajectory per env.
 
@@ -237,6 +268,8 @@ def rollout_batch(
         generator: the ``torch.Generator`` used for sampling (reproducible runs).
         seed: if given, env ``i`` is reset with ``seed + i``.
         stats: a :class:`RolloutStats` to accumulate counters and timings into.
+        score_beliefs: record ``Trajectory.beliefs`` (v_t of the first gold alias at every
+            turn start, from the live KV cache; IGPO's ``ig_method="live"``).
 
     Returns:
         Trajectories in env order; ``Trajectory.group`` is the task index.
@@ -254,6 +287,7 @@ def rollout_batch(
     was_training = model.training
     model.eval()
 
+    gold_fn = _gold_fn(tokenizer) if score_beliefs else None
     t0 = time.perf_counter()
     episodes = [
         _start(
@@ -264,6 +298,7 @@ def rollout_batch(
             prompt_fn,
             settings,
             max_context,
+            gold_fn,
         )
         for i, env in enumerate(envs)
     ]
@@ -281,6 +316,7 @@ def rollout_batch(
                     max_new_tokens=budget,
                     stop=ep.stop,
                     cache=ep.cache if settings.reuse_cache else None,
+                    gold=ep.gold,
                 )
                 for ep, budget in zip(active, budgets, strict=True)
             ]
@@ -297,6 +333,8 @@ def rollout_batch(
             )
             for ep, out, budget in zip(active, outputs, budgets, strict=True):
                 ep.cache = out.cache
+                if out.belief is not None:
+                    ep.traj.beliefs.append(out.belief)
                 cut = out.finish == "length" and budget < settings.max_new_tokens
                 _record_turn(
                     ep,
@@ -321,6 +359,7 @@ def rollout_batch(
     stats.forward_calls += turn_stats.forward_calls
     stats.decode_rows += turn_stats.decode_rows
     stats.gen_seconds += turn_stats.seconds
+    stats.ig_seconds += turn_stats.belief_seconds
     stats.context_truncated += sum(t.context_truncated for t in trajectories)
     stats.last_batch_sizes = list(turn_stats.batch_sizes)
     log.debug(

@@ -13,6 +13,9 @@ One call of :func:`generate_turn`:
    to a common length, so a row looks like ``[pad | past | pad | new]``; the 2-D attention
    mask hides the pads and explicit ``position_ids`` continue each row from its own
    ``L``. Only the last position's logits are computed.
+   Rows that carry a ``gold`` then get their belief v_t scored on top of that cache
+   (:func:`igpo_agent.live_belief.score_on_cache`: the wrapper's few tokens in one extra
+   forward, cache cropped back afterwards).
 2. **Decode** one token per step for the rows still running, with the cache.
 3. **Stop** a row at EOS, at its token budget, or when the decoded tail of its turn
    contains one of its stop strings (checked only when the new token could complete one,
@@ -36,6 +39,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from igpo_agent.info_gain import GoldSpec
+from igpo_agent.live_belief import score_on_cache
 
 __all__ = [
     "EpisodeCache",
@@ -108,6 +114,9 @@ class TurnRequest:
     """Stop strings that end this row's turn."""
     cache: EpisodeCache | None = None
     """KV cache of the tokens before ``new_tokens`` (None: start from nothing)."""
+    gold: GoldSpec | None = None
+    """Score this gold answer's belief v_t after the prefill, from the live cache
+    (:mod:`igpo_agent.live_belief`); None: no scoring."""
 
 
 @dataclass
@@ -121,6 +130,8 @@ class TurnOutput:
     cache: EpisodeCache | None = None
     """KV of every token fed so far (context + ``tokens[:-1]``; the last sampled token has
     not been through the model yet) when ``keep_cache``; else None."""
+    belief: float | None = None
+    """v_t of the request's ``gold`` at the turn's start (None when not asked)."""
 
 
 @dataclass
@@ -131,7 +142,9 @@ class TurnStats:
     prefill_tokens: int = 0  # tokens fed in prefill forwards, pads excluded
     decode_rows: int = 0  # sum over decode forwards of the batch size
     tokens_generated: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # generation only: belief scoring is counted in belief_seconds
+    belief_seconds: float = 0.0  # scoring the gold from the live cache (TurnRequest.gold)
+    belief_tokens: int = 0  # wrapper tokens fed for that scoring
     batch_sizes: list[int] = field(default_factory=list)  # batch size of each forward call
 
 
@@ -369,6 +382,21 @@ def generate_turn(
             "set GenerationSettings.reuse_cache=False"
         )
 
+    beliefs: list[float | None] = [None] * bsz
+    t_belief = 0.0
+    golds = [r.gold for r in requests]
+    if any(g is not None for g in golds):
+        if not cache_is_reusable(kv):
+            raise ValueError(
+                "scoring beliefs from the live cache needs a plain full-attention "
+                "DynamicCache: use ig_method='packed' for this model"
+            )
+        tb = time.perf_counter()
+        beliefs = score_on_cache(model, kv, mask, next_pos, out.logits[:, -1, :], golds)
+        t_belief = time.perf_counter() - tb
+        stats.belief_seconds += t_belief
+        stats.belief_tokens += sum(g.context_len for g in golds if g is not None)
+
     rows = list(range(bsz))  # request index of each live batch row
     budgets = [r.max_new_tokens for r in requests]
     results: list[TurnOutput | None] = [None] * bsz
@@ -396,7 +424,9 @@ def generate_turn(
                 keep_rows.append(b)
                 continue
             row_cache = _extract_row(kv, b, mask[b].bool()) if keep_cache else None
-            results[req_i] = TurnOutput(toks[req_i], lps[req_i], finish, row_cache)
+            results[req_i] = TurnOutput(
+                toks[req_i], lps[req_i], finish, row_cache, belief=beliefs[req_i]
+            )
         stats.tokens_generated += len(rows)
         if not keep_rows:
             break
@@ -421,5 +451,5 @@ def generate_turn(
         stats.decode_rows += len(rows)
         stats.batch_sizes.append(len(rows))
         logits = out.logits[:, -1, :]
-    stats.seconds += time.perf_counter() - t0
+    stats.seconds += time.perf_counter() - t0 - t_belief
     return [r for r in results if r is not None]

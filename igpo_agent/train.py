@@ -27,11 +27,12 @@ from igpo_agent.checkpoint import (
     seed_everything,
     trainable_state_dict,
 )
-from igpo_agent.config import TrainConfig, load_config
+from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
 from igpo_agent.engines import make_engine
 from igpo_agent.envs import env_kwargs, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
 from igpo_agent.learner import LossSettings, belief_matrix, compute_advantages, policy_update
+from igpo_agent.live_belief import recorded_belief_values
 from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads
 from igpo_agent.rewards import mean_ig_per_turn
 from igpo_agent.rollout import RolloutStats
@@ -231,6 +232,8 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     )
     dumper = K.RolloutDumper(cfg.run_dir, enabled=cfg.dump_rollouts_every > 0 and world.is_main)
     prefix, suffix = answer_wrapper(envs[0])
+    ig_method = resolve_ig_method(cfg)
+    live_ig = cfg.algo == "igpo" and ig_method == "live"
     last: dict[str, float] = {}
     if cfg.eval_questions != 0 and start == 0:
         if eval_envs:
@@ -253,17 +256,20 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             # env seeds by global rollout index: rank r's envs get the seeds one process would
             seed=cfg.seed * 1_000_003 + step * cfg.rollouts_per_step + world.rank * len(envs),
             stats=stats,
+            score_beliefs=live_ig,
         )
         rollouts_seen += len(trajs) * world.world_size
 
         t0 = time.perf_counter()
-        if cfg.algo == "igpo" and cfg.ig_method == "vllm":
+        if live_ig:  # scored during the rollout: only the scoring forwards count as IG time
+            values = belief_matrix(policy, trajs, prefix, suffix, scorer=recorded_belief_values)
+        elif cfg.algo == "igpo" and ig_method == "vllm":
             values = belief_matrix(policy, trajs, prefix, suffix, scorer=engine.belief_values)
         elif cfg.algo == "igpo":
-            values = belief_matrix(policy, trajs, prefix, suffix, method=cfg.ig_method)
+            values = belief_matrix(policy, trajs, prefix, suffix, method=ig_method)
         else:  # GRPO: IG switched off (same code path, outcome only)
             values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
-        ig_s = time.perf_counter() - t0
+        ig_s = time.perf_counter() - t0 + stats.ig_seconds
         adv, outcome = compute_advantages(
             trajs,
             values,

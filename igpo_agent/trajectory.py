@@ -53,6 +53,7 @@ class Trajectory:
     dataset: str = ""  # the env's info["dataset"]
     answer_text: str = ""  # the agent's final answer as the env parsed it ("" if none)
     answer_metrics: dict[str, float] = field(default_factory=dict)  # env's em/f1/cover_em
+    beliefs: list[float] = field(default_factory=list)  # v_t per boundary, scored live (or [])
 
     @property
     def num_turns(self) -> int:

@@ -26,7 +26,7 @@ def _load(name: str) -> ModuleType:
 def test_info_gain_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert _load("info_gain").main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "tiny" in out and "packed" in out
+    assert "tiny" in out and "packed" in out and "live" in out
     assert "(<= 1e-4: yes)" in out  # packed and naive agree on the recorded trajectories
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from igpo_agent.config import TrainConfig, build_parser, load_config
+from igpo_agent.config import TrainConfig, build_parser, load_config, resolve_ig_method
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -111,6 +111,8 @@ def test_missing_config_file_is_clear(capsys):
         ({"lora_targets": " , "}, "lora_targets is empty"),
         ({"seed": "abc"}, "seed='abc' is not a valid int"),
         ({"tensorboard": "maybe"}, "tensorboard='maybe' is not a valid bool"),
+        ({"ig_method": "live", "engine": "vllm"}, "ig_method=live scores inside the hf engine"),
+        ({"ig_method": "vllm"}, "set engine=vllm too"),
     ],
 )
 def test_validation_messages_name_the_fix(override, message):
@@ -151,3 +153,9 @@ def test_paper_config_matches_spec():
     )
     assert paper.full_finetune and paper.lr == 1e-6
     assert cfg.model == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_auto_ig_method_is_live_on_hf_and_packed_on_vllm():
+    assert resolve_ig_method(TrainConfig()) == "live"
+    assert resolve_ig_method(TrainConfig(engine="vllm")) == "packed"
+    assert resolve_ig_method(TrainConfig(ig_method="naive")) == "naive"

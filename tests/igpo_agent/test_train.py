@@ -154,3 +154,31 @@ def test_lr_schedules() -> None:
     assert f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.0)
     cos = lr_lambda(TrainConfig(steps=4, lr_schedule="cosine"))
     assert cos(0) == pytest.approx(1.0) and cos(2) == pytest.approx(0.5)
+
+
+def test_live_ig_trains_like_packed(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path
+) -> None:
+    """ig_method=live (scored inside the rollout) and packed (after it) give the same
+    beliefs and the same updates; live reports its scoring time as the IG time."""
+    runs = {}
+    for method in ("live", "packed"):
+        run = tmp_path / method
+        train(_config(tiny_smol_model_path, run, data, steps=2, ig_method=method))
+        runs[method] = run
+    for step in (1, 2):
+        rows = {
+            m: [
+                json.loads(x)
+                for x in (r / "rollouts" / f"step-{step}.jsonl").read_text().splitlines()
+            ]
+            for m, r in runs.items()
+        }
+        for a, b in zip(rows["live"], rows["packed"], strict=True):
+            assert a["beliefs"] == pytest.approx(b["beliefs"], abs=1e-4)
+            assert len(a["beliefs"]) >= 1
+    a, b = _adapter(runs["live"]), _adapter(runs["packed"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
+    metrics = [json.loads(x) for x in (runs["live"] / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["time/info_gain_s"] > 0 for r in metrics if "losses/policy" in r)
