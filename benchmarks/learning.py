@@ -91,6 +91,36 @@ def run_arm(cmd: list[str], *, quiet: bool) -> float:
     return wall
 
 
+def run_arms_parallel(cmds: dict[str, list[str]], logs: Path) -> dict[str, float]:
+    """Run every arm's child at once (output to ``logs/ALGO.log``); wall seconds per arm.
+
+    On a multi-core machine the arms then share it instead of queueing; each child should
+    be given its share of the cores (``--threads``). Raises like :func:`run_arm`."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logs.mkdir(parents=True, exist_ok=True)
+    procs, walls, t0 = {}, {}, time.perf_counter()
+    for algo, cmd in cmds.items():
+        fh = open(logs / f"{algo}.log", "w")  # noqa: SIM115  (closed below)
+        procs[algo] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=fh), fh)
+    failed = []
+    while procs:
+        for algo, (proc, fh) in list(procs.items()):
+            if proc.poll() is None:
+                continue
+            walls[algo] = time.perf_counter() - t0
+            fh.close()
+            del procs[algo]
+            print(f"{algo} finished in {walls[algo]:.0f} s (exit {proc.returncode})", flush=True)
+            if proc.returncode != 0:
+                failed.append(algo)
+        time.sleep(1.0)
+    if failed:
+        tails = {a: (logs / f"{a}.log").read_text()[-3000:] for a in failed}
+        raise RuntimeError(f"arm(s) {failed} failed:\n" + "\n".join(tails.values()))
+    return walls
+
+
 def ig_turns(rec: dict[str, Any]) -> dict[int, float]:
     """``{turn index: mean IG}`` from a step record's ``charts/ig_turn_k`` keys."""
     out = {}
@@ -205,6 +235,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/learning", help="output folder")
     p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     p.add_argument("--quiet", action="store_true", help="hide the trainers' own output")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the arms at the same time, each with cpu_count/arms torch threads "
+        "(logs in OUT/ALGO.log)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random model, tiny_test config")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more trainer flags")
     return p.parse_args(argv)
@@ -251,24 +287,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
+    if args.parallel and "--threads" not in extra:
+        extra += ["--threads", str(max(1, (os.cpu_count() or 1) // len(args.algos)))]
+    cmds = {
+        algo: train_command(
+            algo,
+            config=config,
+            run_dir=out / algo,
+            steps=args.steps,
+            eval_every=args.eval_every,
+            eval_questions=args.eval_questions,
+            init_adapter=init_adapter,
+            seed=args.seed,
+            extra=extra,
+        )
+        for algo in args.algos
+    }
     try:
+        if args.parallel:
+            for algo, cmd in cmds.items():
+                print(f"=== {algo} (parallel, log {out / (algo + '.log')}): {' '.join(cmd[1:])}")
+            walls = run_arms_parallel(cmds, out)
+        else:
+            walls = {}
+            for algo, cmd in cmds.items():
+                print(f"\n=== {algo}: {' '.join(cmd[1:])}", flush=True)
+                walls[algo] = run_arm(cmd, quiet=args.quiet)
         for algo in args.algos:
-            cmd = train_command(
-                algo,
-                config=config,
-                run_dir=out / algo,
-                steps=args.steps,
-                eval_every=args.eval_every,
-                eval_questions=args.eval_questions,
-                init_adapter=init_adapter,
-                seed=args.seed,
-                extra=extra,
-            )
-            print(f"\n=== {algo}: {' '.join(cmd[1:])}", flush=True)
-            wall = run_arm(cmd, quiet=args.quiet)
             arm = collect_rows(algo, K.read_metrics(out / algo))
             rows += arm
-            summary[algo] = summarize_arm(arm, wall)
+            summary[algo] = summarize_arm(arm, walls[algo])
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -67,9 +67,13 @@ def test_collect_rows_and_summary() -> None:
 
 
 @pytest.mark.slow
-def test_learning_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("parallel", [False, True])
+def test_learning_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str], parallel: bool) -> None:
     out = tmp_path / "learning"
-    assert _load().main(["--quick", "--quiet", "--out", str(out)]) == 0
+    flags = ["--parallel"] if parallel else []
+    assert _load().main(["--quick", "--quiet", "--out", str(out), *flags]) == 0
+    if parallel:  # each arm's output went to its own log
+        assert all((out / f"{a}.log").read_text() for a in ("igpo", "grpo"))
     text = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "learning.jsonl").read_text().splitlines()]
     for algo in ("igpo", "grpo"):
