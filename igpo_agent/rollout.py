@@ -13,6 +13,8 @@ never recovered by scanning text:
 - Nothing is inserted between turns (Search-R1 style): the environment's observation text
   carries its own leading/trailing newlines (``"\\n\\n<information>...</information>\\n\\n"``),
   and the next action is sampled right after it.
+- Prompts shared by several episodes (the G rollouts of a question) are prefilled once
+  and their KV cache is shared (``reuse_cache=True``; :mod:`igpo_agent.prefix_cache`).
 - ``spans``: one ``prompt`` span (turn -1), then per turn ``t`` an ``action`` span and,
   unless the episode ended at that turn, an ``observation`` span with turn ``t``. They are
   contiguous and cover every token.
@@ -50,6 +52,7 @@ import gymnasium as gym
 import torch
 
 from igpo_agent.info_gain import GoldSpec, gold_spec
+from igpo_agent.prefix_cache import shared_prefill
 from igpo_agent.sampling import (
     EpisodeCache,
     GenerationSettings,
@@ -220,6 +223,27 @@ def _record_turn(
     ep.pending = (tokens[-1:] + obs_ids) if reuse else list(traj.token_ids)
 
 
+def _share_prompts(model: torch.nn.Module, episodes: list[_Episode], stats: TurnStats) -> None:
+    """Prefill each prompt that several episodes share once (:mod:`igpo_agent.prefix_cache`).
+
+    The G episodes of a question start from the same prompt tokens; they get one shared
+    KV cache of ``prompt[:-1]`` and feed only the prompt's last token in their first turn.
+    """
+    groups: dict[tuple[int, ...], list[_Episode]] = {}
+    for ep in episodes:
+        if not ep.done and ep.cache is None and len(ep.pending) >= 2:
+            groups.setdefault(tuple(ep.pending), []).append(ep)
+    shared = [key for key, eps in groups.items() if len(eps) > 1]
+    if not shared:
+        return
+    t0 = time.perf_counter()
+    caches = shared_prefill(model, shared, stats)
+    stats.seconds += time.perf_counter() - t0
+    for key, cache in zip(shared, caches or [], strict=False):
+        for ep in groups[key]:
+            ep.cache, ep.pending = cache, [key[-1]]
+
+
 def _gold_fn(tokenizer: Any) -> Callable[[list[str], dict[str, Any]], GoldSpec]:
     """Builds (and memoises per gold and wrapper) the GoldSpec an episode is scored with."""
     specs: dict[tuple[str, str, str], GoldSpec] = {}
@@ -306,6 +330,8 @@ def rollout_batch(
 
     turn_stats = TurnStats()
     try:
+        if settings.reuse_cache:
+            _share_prompts(model, episodes, turn_stats)
         while active := [ep for ep in episodes if not ep.done]:
             budgets = [
                 min(settings.max_new_tokens, max_context - len(ep.traj.token_ids)) for ep in active

@@ -51,6 +51,7 @@ __all__ = [
     "TurnRequest",
     "TurnStats",
     "eos_token_ids",
+    "extract_row",
     "generate_turn",
     "model_max_context",
     "sample_tokens",
@@ -289,7 +290,7 @@ def _pad_past(
     return DynamicCache(ddp_cache_data=data), longest
 
 
-def _extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCache:
+def extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCache:
     """One row's KV with the padded columns removed (``keep``: bool (S,))."""
     return EpisodeCache(
         layers=[
@@ -423,7 +424,7 @@ def generate_turn(
             if finish is None:
                 keep_rows.append(b)
                 continue
-            row_cache = _extract_row(kv, b, mask[b].bool()) if keep_cache else None
+            row_cache = extract_row(kv, b, mask[b].bool()) if keep_cache else None
             results[req_i] = TurnOutput(
                 toks[req_i], lps[req_i], finish, row_cache, belief=beliefs[req_i]
             )

@@ -237,8 +237,11 @@ def test_finished_episodes_leave_the_batch(bpe):
     finally:
         hook.remove()
     assert [t.num_turns for t in trajs] == [1, 2, 3, 3]
-    prefills = [b for b, s in shapes if s > 1]  # one prefill per round; decodes feed 1 token
-    assert prefills == [4, 3, 2]
+    # the 2 distinct prompts (2 tasks x G=2) are prefilled once, in one forward; then one
+    # prefill per round (round 0 feeds each prompt's last token, so it looks like a decode)
+    assert shapes[0][0] == 2 and shapes[1] == (4, 1)
+    prefills = [b for b, s in shapes[1:] if s > 1]
+    assert prefills == [3, 2]
     assert all(b <= 4 for b, _ in shapes)
 
 
@@ -315,3 +318,27 @@ def test_stop_strings_end_turns_with_a_trained_model(tiny_bpe_model_path, bpe_to
         assert traj.outcome_f1 == 1.0 and traj.success()
         assert traj.answer_text == "Paris" and traj.answer_metrics["em"] == 1.0
         assert traj.token_ids[-1] == tok.eos_token_id or traj.turn_texts[-1].endswith("</answer>")
+
+
+def test_shared_prompts_are_prefilled_once(bpe):
+    """G episodes of a question share one prompt prefill; same trajectories as without."""
+    model, tok, fn = bpe
+    prompt_len = len(fn(make_envs(1)[0].reset(options={"index": 0})[0]))
+    stats = {True: RolloutStats(), False: RolloutStats()}
+    out = {}
+    for reuse in (True, False):
+        out[reuse] = rollout_batch(
+            model,
+            tok,
+            fn,
+            make_envs(6, max_steps=1),
+            [{"index": 0}, {"index": 0}],  # the same question twice: 6 equal prompts
+            group_size=3,
+            settings=GenerationSettings(max_new_tokens=4, temperature=0.0, reuse_cache=reuse),
+            stats=stats[reuse],
+        )
+    assert stats[False].prefill_tokens == 6 * prompt_len
+    assert stats[True].prefill_tokens == (prompt_len - 1) + 6  # once, then each last token
+    for a, b in zip(out[True], out[False], strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.sample_logprobs == pytest.approx(b.sample_logprobs, abs=1e-5)
