@@ -42,6 +42,23 @@ def env_kwargs(
     return kw
 
 
+def env_kwargs_from(settings: Any, qa: str) -> dict[str, Any]:
+    """:func:`env_kwargs` from any object with the env fields as attributes (a
+    ``TrainConfig``, the sft/evaluate argparse namespaces): ``corpus``, ``retriever``,
+    ``top_k``, ``doc_max_words``, ``protocol``, and optionally ``format_penalty`` (default
+    -2.0, the reference value) and ``on_invalid`` (default ``"continue"``)."""
+    return env_kwargs(
+        qa=qa,
+        corpus=settings.corpus,
+        retriever=settings.retriever,
+        top_k=settings.top_k,
+        doc_max_words=settings.doc_max_words,
+        protocol=settings.protocol,
+        format_penalty=getattr(settings, "format_penalty", -2.0),
+        on_invalid=getattr(settings, "on_invalid", "continue"),
+    )
+
+
 def make_envs(env_id: str, n: int, max_turns: int, **kwargs: Any) -> list[gym.Env]:
     """``n`` independent envs (one per concurrent episode), each with a ``max_turns`` limit.
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent.engines import HFEngine, make_engine
-from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.rollout import RolloutStats
 from igpo_agent.sampling import GenerationSettings
 from igpo_agent.trajectory import Trajectory
@@ -208,16 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = spec.partition("=")
         if not sep or spec.startswith("default"):
             name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
-        kw = env_kwargs(
-            qa=path,
-            corpus=args.corpus,
-            retriever=args.retriever,
-            top_k=args.top_k,
-            doc_max_words=args.doc_max_words,
-            protocol=args.protocol,
-            format_penalty=-2.0,
-            on_invalid="continue",
-        )
+        kw = env_kwargs_from(args, path)
         envs = make_envs(args.env_id, max(1, args.batch), args.max_turns, **kw)
         idx = eval_indices(question_count(envs[0]), args.questions)
         trajs = evaluate_policy(

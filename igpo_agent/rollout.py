@@ -64,7 +64,15 @@ from igpo_agent.sampling import (
 )
 from igpo_agent.trajectory import Span, Trajectory
 
-__all__ = ["GenerationSettings", "RolloutStats", "rollout_batch"]
+__all__ = [
+    "Episode",
+    "GenerationSettings",
+    "RolloutStats",
+    "end_context",
+    "record_turn",
+    "rollout_batch",
+    "start_episode",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +116,14 @@ class RolloutStats:
 
 
 @dataclass
-class _Episode:
-    """The running state of one env's episode."""
+class Episode:
+    """The running state of one env's episode: the episode recorder every engine shares.
+
+    An engine starts episodes with :func:`start_episode`, generates each turn its own way,
+    and hands the sampled tokens to :func:`record_turn` (which steps the env and appends
+    the observation); :func:`end_context` ends an episode at the context limit. The HF
+    loop here and the vLLM engine record identical trajectories through these three.
+    """
 
     env: gym.Env
     traj: Trajectory
@@ -126,7 +140,8 @@ def _stop_strings(info: dict[str, Any], extra: Sequence[str]) -> tuple[str, ...]
     return tuple(dict.fromkeys(s for s in stops if s))
 
 
-def _end_context(ep: _Episode, why: str) -> None:
+def end_context(ep: Episode, why: str) -> None:
+    """End ``ep`` because its context is full (``context_truncated`` and ``truncated``)."""
     ep.traj.context_truncated = True
     ep.traj.truncated = True
     ep.done = True
@@ -134,7 +149,7 @@ def _end_context(ep: _Episode, why: str) -> None:
     log.debug("episode %s stopped by the context guard: %s", ep.traj.qid, why)
 
 
-def _start(
+def start_episode(
     env: gym.Env,
     options: dict[str, Any],
     seed: int | None,
@@ -143,7 +158,12 @@ def _start(
     settings: GenerationSettings,
     max_context: int,
     gold_fn: Callable[[list[str], dict[str, Any]], GoldSpec] | None = None,
-) -> _Episode:
+) -> Episode:
+    """Reset ``env`` for one episode and record its prompt (``prompt_fn(obs)``) as span -1.
+
+    ``gold_fn`` (answers, reset info) -> GoldSpec sets the gold scored at every turn start
+    (``score_beliefs``). An over-long prompt ends the episode at once (:func:`end_context`).
+    """
     obs, info = env.reset(seed=seed, options=options)
     if "answers" not in info:
         raise KeyError(
@@ -163,16 +183,16 @@ def _start(
         qid=str(info.get("qid", "")),
         dataset=str(info.get("dataset", "")),
     )
-    ep = _Episode(env, traj, _stop_strings(info, settings.stop), pending=list(prompt))
+    ep = Episode(env, traj, _stop_strings(info, settings.stop), pending=list(prompt))
     if gold_fn is not None:
         ep.gold = gold_fn(traj.answers, info)
     if len(prompt) >= max_context:
-        _end_context(ep, f"prompt of {len(prompt)} tokens >= max_context {max_context}")
+        end_context(ep, f"prompt of {len(prompt)} tokens >= max_context {max_context}")
     return ep
 
 
-def _record_turn(
-    ep: _Episode,
+def record_turn(
+    ep: Episode,
     tokens: list[int],
     logprobs: list[float],
     cut_by_context: bool,
@@ -209,11 +229,11 @@ def _record_turn(
         ep.done, ep.cache = True, None
         return
     if cut_by_context:
-        _end_context(ep, "the turn was cut at max_context")
+        end_context(ep, "the turn was cut at max_context")
         return
     obs_ids = tokenizer.encode(obs, add_special_tokens=False)
     if len(traj.token_ids) + len(obs_ids) + 1 > max_context:
-        _end_context(ep, f"an observation of {len(obs_ids)} tokens does not fit")
+        end_context(ep, f"an observation of {len(obs_ids)} tokens does not fit")
         return
     start = len(traj.token_ids)
     traj.token_ids.extend(obs_ids)
@@ -223,13 +243,13 @@ def _record_turn(
     ep.pending = (tokens[-1:] + obs_ids) if reuse else list(traj.token_ids)
 
 
-def _share_prompts(model: torch.nn.Module, episodes: list[_Episode], stats: TurnStats) -> None:
+def _share_prompts(model: torch.nn.Module, episodes: list[Episode], stats: TurnStats) -> None:
     """Prefill each prompt that several episodes share once (:mod:`igpo_agent.prefix_cache`).
 
     The G episodes of a question start from the same prompt tokens; they get one shared
     KV cache of ``prompt[:-1]`` and feed only the prompt's last token in their first turn.
     """
-    groups: dict[tuple[int, ...], list[_Episode]] = {}
+    groups: dict[tuple[int, ...], list[Episode]] = {}
     for ep in episodes:
         if not ep.done and ep.cache is None and len(ep.pending) >= 2:
             groups.setdefault(tuple(ep.pending), []).append(ep)
@@ -314,7 +334,7 @@ def rollout_batch(
     gold_fn = _gold_fn(tokenizer) if score_beliefs else None
     t0 = time.perf_counter()
     episodes = [
-        _start(
+        start_episode(
             env,
             dict(tasks[i // group_size]),
             None if seed is None else seed + i,
@@ -362,7 +382,7 @@ def rollout_batch(
                 if out.belief is not None:
                     ep.traj.beliefs.append(out.belief)
                 cut = out.finish == "length" and budget < settings.max_new_tokens
-                _record_turn(
+                record_turn(
                     ep,
                     out.tokens,
                     out.logprobs,

@@ -42,7 +42,7 @@ from igpo_agent import logging_utils as K
 from igpo_agent.checkpoint import seed_everything
 from igpo_agent.demonstrations import DemoStats, build_demonstrations
 from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
 from igpo_agent.learner import pad_batch
 from igpo_agent.policy import (
@@ -215,19 +215,6 @@ def run_eval(
     }
 
 
-def _env_kw(args: argparse.Namespace, qa: str) -> dict[str, Any]:
-    return env_kwargs(
-        qa=qa,
-        corpus=args.corpus,
-        retriever=args.retriever,
-        top_k=args.top_k,
-        doc_max_words=args.doc_max_words,
-        protocol=args.protocol,
-        format_penalty=-2.0,
-        on_invalid="continue",
-    )
-
-
 def _demo_record(t: Trajectory) -> dict[str, Any]:
     return {
         "qid": t.qid,
@@ -260,7 +247,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
 
     # 1. demonstrations from a seeded permutation of the train questions
     t0 = time.perf_counter()
-    (env,) = make_envs(args.env_id, 1, args.max_turns, **_env_kw(args, args.train_qa))
+    (env,) = make_envs(args.env_id, 1, args.max_turns, **env_kwargs_from(args, args.train_qa))
     order = np.random.default_rng(args.seed).permutation(question_count(env)).tolist()
     demos, stats = build_demonstrations(
         env,
@@ -286,7 +273,9 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     eval_envs: list = []
     if args.eval_questions:
         n_env = max(1, min(args.eval_questions, 16))
-        eval_envs = make_envs(args.env_id, n_env, args.max_turns, **_env_kw(args, args.eval_qa))
+        eval_envs = make_envs(
+            args.env_id, n_env, args.max_turns, **env_kwargs_from(args, args.eval_qa)
+        )
     steps_per_epoch = math.ceil(len(demos) / args.batch)
     total_steps = steps_per_epoch * args.epochs
     logger = K.MetricsLogger(out, tensorboard=False, total_steps=total_steps)

@@ -29,7 +29,7 @@ from igpo_agent.checkpoint import (
 )
 from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
 from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs, make_envs, question_count
+from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
 from igpo_agent.learner import LossSettings, belief_matrix, compute_advantages, policy_update
 from igpo_agent.live_belief import recorded_belief_values
@@ -95,19 +95,6 @@ def lr_lambda(cfg: TrainConfig) -> Any:
     return f
 
 
-def _env_kw(cfg: TrainConfig, qa: str) -> dict[str, Any]:
-    return env_kwargs(
-        qa=qa,
-        corpus=cfg.corpus,
-        retriever=cfg.retriever,
-        top_k=cfg.top_k,
-        doc_max_words=cfg.doc_max_words,
-        protocol=cfg.protocol,
-        format_penalty=cfg.format_penalty,
-        on_invalid=cfg.on_invalid,
-    )
-
-
 def run_eval(
     policy: Policy, cfg: TrainConfig, envs: list, label: str, engine: Any = None
 ) -> dict[str, float]:
@@ -167,7 +154,10 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     )
     D.broadcast_params(policy.trainable_parameters(), world)  # identical start on every rank
     envs = make_envs(
-        cfg.env_id, local_questions * cfg.group_size, cfg.max_turns, **_env_kw(cfg, cfg.train_qa)
+        cfg.env_id,
+        local_questions * cfg.group_size,
+        cfg.max_turns,
+        **env_kwargs_from(cfg, cfg.train_qa),
     )
     eval_envs = []
     if cfg.eval_questions != 0 and world.is_main:
@@ -175,7 +165,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             cfg.env_id,
             max(1, min(cfg.eval_questions, 16)),
             cfg.max_turns,
-            **_env_kw(cfg, cfg.eval_qa),
+            **env_kwargs_from(cfg, cfg.eval_qa),
         )
     sampler = QuestionSampler(question_count(envs[0]), cfg.seed)
     gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, world.rank))

@@ -40,7 +40,7 @@ import gymnasium as gym
 import torch
 
 from igpo_agent.info_gain import GoldSpec, _validate, trajectory_gold_specs
-from igpo_agent.rollout import PromptFn, RolloutStats, _end_context, _record_turn, _start
+from igpo_agent.rollout import PromptFn, RolloutStats, end_context, record_turn, start_episode
 from igpo_agent.sampling import GenerationSettings
 from igpo_agent.trajectory import Trajectory
 from igpo_agent.vllm_weights import merged_state_dict
@@ -258,7 +258,7 @@ class VLLMEngine:
         max_context = settings.max_context or self.max_context
         t0 = time.perf_counter()
         episodes = [
-            _start(
+            start_episode(
                 env,
                 dict(tasks[i // group_size]),
                 None if seed is None else seed + i,
@@ -288,7 +288,7 @@ class VLLMEngine:
                 sample = out.outputs[0]
                 tokens = [int(t) for t in sample.token_ids]
                 if not tokens:  # vLLM returned nothing (cannot happen with max_tokens >= 1)
-                    _end_context(ep, "the engine generated no token")
+                    end_context(ep, "the engine generated no token")
                     continue
                 logprobs = [
                     float(d[t].logprob) for d, t in zip(sample.logprobs, tokens, strict=True)
@@ -296,7 +296,7 @@ class VLLMEngine:
                 generated += len(tokens)
                 stats.prefill_tokens += len(out.prompt_token_ids) - (out.num_cached_tokens or 0)
                 cut = sample.finish_reason == "length" and budget < settings.max_new_tokens
-                _record_turn(ep, tokens, logprobs, cut, self.tokenizer, max_context, False, stats)
+                record_turn(ep, tokens, logprobs, cut, self.tokenizer, max_context, False, stats)
                 stats.turns += 1
         trajectories = [ep.traj for ep in episodes]
         stats.calls += 1
