@@ -1,0 +1,91 @@
+"""python -m igpo_agent.evaluate: paper column order, hand-checked aggregates, CLI outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from igpo_agent.evaluate import (
+    DatasetResult,
+    column_name,
+    eval_indices,
+    main,
+    ordered,
+    results_table,
+    summarize,
+)
+from igpo_agent.trajectory import Trajectory
+
+
+def _traj(f1: float, em: float, answered: bool = True, ok: bool = True) -> Trajectory:
+    t = Trajectory(question="q", answers=["a"], answered=answered, format_ok=ok)
+    t.answer_metrics = {"f1": f1, "em": em, "cover_em": em} if answered else {}
+    t.turn_kinds = ["search", "answer"] if answered else ["search", "search"]
+    return t
+
+
+def _result(name: str, f1: float) -> DatasetResult:
+    return DatasetResult(name, 10, f1, f1 / 2, f1, 2.0, 1.0, 0.1, 0.9)
+
+
+def test_paper_names_and_order():
+    assert column_name("TriviaQA") == "TQ" and column_name("2WikiMultihopQA") == "2Wiki"
+    assert column_name("mine") == "mine"
+    names = [r.name for r in ordered([_result(n, 0.5) for n in ("popqa", "x", "hotpotqa", "nq")])]
+    assert names == ["nq", "hotpotqa", "popqa", "x"]
+
+
+def test_summarize_by_hand():
+    r = summarize([_traj(1.0, 1.0), _traj(0.5, 0.0), _traj(0.0, 0.0, answered=False)], "d")
+    assert r.n == 3 and r.f1 == pytest.approx(0.5) and r.em == pytest.approx(1 / 3)
+    assert r.format_error_rate == pytest.approx(1 / 3) and r.answered_rate == pytest.approx(2 / 3)
+    assert r.searches == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="no episodes"):
+        summarize([], "d")
+
+
+def test_table_has_f1_first_and_the_average():
+    md = results_table([_result("popqa", 0.2), _result("nq", 0.6)], markdown=True)
+    lines = md.splitlines()
+    assert lines[0] == "| metric | NQ | PopQA | Avg |"
+    assert lines[2] == "| F1 | 60.0 | 20.0 | 40.0 |"
+
+
+def test_eval_indices_is_a_fixed_prefix():
+    assert eval_indices(5, 3) == [0, 1, 2] and eval_indices(5, 0) == [0, 1, 2, 3, 4]
+    assert eval_indices(5, 9) == [0, 1, 2, 3, 4]
+
+
+def _flashrag(path: Path, rows: list[tuple[str, str, list[str]]]) -> str:
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in rows
+        )
+    )
+    return str(path)
+
+
+def test_cli_writes_tables_and_episodes(tiny_smol_model_path, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        json.dumps({"id": "d1", "contents": '"Paris"\nParis is the capital of France.'}) + "\n"
+    )
+    popqa = _flashrag(tmp_path / "p.jsonl", [("p1", "Capital of France?", ["Paris"])])
+    nq = _flashrag(
+        tmp_path / "n.jsonl", [("n1", "Where is Paris?", ["France"]), ("n2", "Paris?", ["city"])]
+    )
+    out = tmp_path / "res"
+    argv = ["--model", str(tiny_smol_model_path), "--corpus", str(corpus), "--out", str(out)]
+    argv += ["--qa", f"popqa={popqa}", "--qa", f"nq={nq}", "--max-new-tokens", "6"]
+    argv += ["--max-turns", "2", "--threads", "1", "--device", "cpu", "--dtype", "float32"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "NQ" in printed and printed.index("NQ") < printed.index("PopQA")
+    results = json.loads((out / "results.json").read_text())
+    assert [r["column"] for r in results] == ["NQ", "PopQA"]
+    assert [r["n"] for r in results] == [2, 1]
+    assert (out / "results.md").read_text().startswith("| metric | NQ | PopQA | Avg |")
+    episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(e["qid"] for e in episodes) == ["n1", "n2", "p1"]
