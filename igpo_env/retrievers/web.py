@@ -25,7 +25,51 @@ def _score(result: dict, rank: int) -> float:
     return 1.0 / rank
 
 
-class SearxNGRetriever:
+class _WebRetriever:
+    """What both web backends share: one request per query through a ``RetryingClient``,
+    blank queries answered with no hits, results turned into at most ``k`` hits.
+
+    A subclass sets ``client``, ``url``, ``link_key`` / ``text_key`` (the result fields
+    holding the URL and the snippet) and implements :meth:`_results` (one query's raw
+    result dicts).
+    """
+
+    client: RetryingClient
+    url: str
+    link_key = "url"
+    text_key = "content"
+    engine_score = False  # use the result's own "score" when it has one
+
+    def _results(self, query: str, k: int) -> list:
+        raise NotImplementedError
+
+    def _one(self, query: str, k: int) -> list[Hit]:
+        if not query.strip():
+            return []
+        results = self._results(query, k)
+        usable = (r for r in results if isinstance(r, dict) and r.get(self.link_key))
+        hits = []
+        for rank, r in enumerate(usable, 1):
+            hits.append(
+                Hit(
+                    doc_id=str(r[self.link_key]),
+                    title=str(r.get("title") or ""),
+                    text=str(r.get(self.text_key) or ""),
+                    score=_score(r, rank) if self.engine_score else 1.0 / rank,
+                )
+            )
+            if len(hits) == k:
+                break
+        return hits
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        """One request per query, rate-limited; blank queries get no hits."""
+        queries = check_queries(queries)
+        k = check_k(k)
+        return [self._one(q, k) for q in queries]
+
+
+class SearxNGRetriever(_WebRetriever):
     """``GET {url}/search?q=...&format=json`` on a SearxNG instance (JSON output enabled)."""
 
     def __init__(
@@ -54,9 +98,9 @@ class SearxNGRetriever:
             rate_limit=rate_limit,
         )
 
-    def _one(self, query: str, k: int) -> list[Hit]:
-        if not query.strip():
-            return []
+    engine_score = True
+
+    def _results(self, query: str, k: int) -> list:
         params = {"q": query, "format": "json"}
         if self.engines:
             params["engines"] = self.engines
@@ -69,31 +113,13 @@ class SearxNGRetriever:
                 f"SearxNG at {self.url} answered without a 'results' list; "
                 "is the JSON format enabled in its settings.yml (search.formats: [json])?"
             )
-        hits = []
-        for rank, r in enumerate((r for r in results if isinstance(r, dict) and r.get("url")), 1):
-            hits.append(
-                Hit(
-                    doc_id=str(r["url"]),
-                    title=str(r.get("title") or ""),
-                    text=str(r.get("content") or ""),
-                    score=_score(r, rank),
-                )
-            )
-            if len(hits) == k:
-                break
-        return hits
-
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """One request per query, rate-limited; blank queries get no hits."""
-        queries = check_queries(queries)
-        k = check_k(k)
-        return [self._one(q, k) for q in queries]
+        return results
 
     def __repr__(self) -> str:
         return f"SearxNGRetriever(url={self.url!r})"
 
 
-class SerperRetriever:
+class SerperRetriever(_WebRetriever):
     """Serper's Google search API (``POST https://google.serper.dev/search``).
 
     The key is read from the environment variable named by ``api_key_env``
@@ -131,32 +157,14 @@ class SerperRetriever:
             secrets=(key,),
         )
 
-    def _one(self, query: str, k: int) -> list[Hit]:
-        if not query.strip():
-            return []
+    link_key, text_key = "link", "snippet"
+
+    def _results(self, query: str, k: int) -> list:
         data = self.client.json("POST", self.url, json={"q": query, "num": min(k, 100)})
         organic = data.get("organic") if isinstance(data, dict) else None
         if not isinstance(organic, list):
             raise SearchError(f"Serper at {self.url} answered without an 'organic' result list")
-        hits = []
-        for rank, r in enumerate((r for r in organic if isinstance(r, dict) and r.get("link")), 1):
-            hits.append(
-                Hit(
-                    doc_id=str(r["link"]),
-                    title=str(r.get("title") or ""),
-                    text=str(r.get("snippet") or ""),
-                    score=1.0 / rank,
-                )
-            )
-            if len(hits) == k:
-                break
-        return hits
-
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """One request per query, rate-limited; blank queries get no hits."""
-        queries = check_queries(queries)
-        k = check_k(k)
-        return [self._one(q, k) for q in queries]
+        return organic
 
     def __repr__(self) -> str:
         return f"SerperRetriever(url={self.url!r}, key from ${self.api_key_env})"
