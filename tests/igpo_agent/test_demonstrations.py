@@ -11,7 +11,6 @@ A small fixture corpus makes each branch happen with the real BM25 backend (top_
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from igpo_agent.demonstrations import (
     search_turn,
 )
 from igpo_agent.prompts import policy_prompt_fn
+from tests.fixtures import write_corpus, write_qa
 
 DOCS = [
     ("d1", "Paris", "Paris is the capital and largest city of France, on the Seine."),
@@ -51,18 +51,8 @@ QA = [
 def write_data(folder: Path) -> dict[str, str]:
     """The fixture corpus and QA set as FlashRAG JSONL files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    corpus = folder / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in DOCS)
-    )
-    qa = folder / "qa.jsonl"
-    qa.write_text(
-        "".join(
-            json.dumps({"id": i, "question": q, "golden_answers": a, "dataset": "fixture"}) + "\n"
-            for i, q, a in QA
-        )
-    )
-    return {"corpus": str(corpus), "qa": str(qa)}
+    corpus = write_corpus(folder / "corpus.jsonl", DOCS)
+    return {"corpus": corpus, "qa": write_qa(folder / "qa.jsonl", QA, dataset="fixture")}
 
 
 @pytest.fixture(scope="module")

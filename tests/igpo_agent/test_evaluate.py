@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +16,7 @@ from igpo_agent.evaluate import (
     summarize,
 )
 from igpo_agent.trajectory import Trajectory
+from tests.fixtures import write_corpus, write_qa
 
 
 def _traj(f1: float, em: float, answered: bool = True, ok: bool = True) -> Trajectory:
@@ -58,22 +58,10 @@ def test_eval_indices_is_a_fixed_prefix():
     assert eval_indices(5, 9) == [0, 1, 2, 3, 4]
 
 
-def _flashrag(path: Path, rows: list[tuple[str, str, list[str]]]) -> str:
-    path.write_text(
-        "".join(
-            json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in rows
-        )
-    )
-    return str(path)
-
-
 def test_cli_writes_tables_and_episodes(tiny_smol_model_path, tmp_path, capsys):
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text(
-        json.dumps({"id": "d1", "contents": '"Paris"\nParis is the capital of France.'}) + "\n"
-    )
-    popqa = _flashrag(tmp_path / "p.jsonl", [("p1", "Capital of France?", ["Paris"])])
-    nq = _flashrag(
+    corpus = write_corpus(tmp_path / "corpus.jsonl", [("d1", "Paris", "Paris is in France.")])
+    popqa = write_qa(tmp_path / "p.jsonl", [("p1", "Capital of France?", ["Paris"])])
+    nq = write_qa(
         tmp_path / "n.jsonl", [("n1", "Where is Paris?", ["France"]), ("n2", "Paris?", ["city"])]
     )
     out = tmp_path / "res"

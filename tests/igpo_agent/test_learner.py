@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import gymnasium as gym
 import pytest
 import torch
@@ -19,6 +17,7 @@ from igpo_agent.learner import (
 from igpo_agent.prompts import policy_prompt_fn
 from igpo_agent.rollout import rollout_batch
 from igpo_agent.sampling import GenerationSettings
+from tests.fixtures import write_corpus, write_qa
 
 DOCS = [
     ("d1", "Paris", "Paris is the capital and largest city of France."),
@@ -30,13 +29,8 @@ QA = [("q1", "What is the capital of France?", ["Paris"]), ("q2", "Which river?"
 @pytest.fixture(scope="module")
 def envs(tmp_path_factory):
     d = tmp_path_factory.mktemp("learner_data")
-    (d / "c.jsonl").write_text(
-        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in DOCS)
-    )
-    (d / "q.jsonl").write_text(
-        "".join(json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in QA)
-    )
-    kw = {"qa": str(d / "q.jsonl"), "corpus": str(d / "c.jsonl"), "top_k": 1}
+    kw = {"qa": write_qa(d / "q.jsonl", QA), "corpus": write_corpus(d / "c.jsonl", DOCS)}
+    kw["top_k"] = 1
     out = [gym.make("igpo_env:SearchQA-v0", max_episode_steps=3, **kw) for _ in range(4)]
     yield out
     for e in out:

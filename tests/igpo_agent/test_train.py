@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from igpo_agent.config import TrainConfig
 from igpo_agent.train import QuestionSampler, lr_lambda, train
+from tests.fixtures import write_corpus, write_qa
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
@@ -47,18 +48,9 @@ QA = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("train_data")
-    corpus = d / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in DOCS)
-    )
-    qa = d / "qa.jsonl"
-    qa.write_text(
-        "".join(
-            json.dumps({"id": i, "question": q, "golden_answers": a, "dataset": "fixture"}) + "\n"
-            for i, q, a in QA
-        )
-    )
-    return {"corpus": str(corpus), "train_qa": str(qa), "eval_qa": str(qa)}
+    corpus = write_corpus(d / "corpus.jsonl", DOCS)
+    qa = write_qa(d / "qa.jsonl", QA, dataset="fixture")
+    return {"corpus": corpus, "train_qa": qa, "eval_qa": qa}
 
 
 def _config(model: Path, run_dir: Path, data: dict[str, str], **over) -> TrainConfig:

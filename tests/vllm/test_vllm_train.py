@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import write_corpus, write_qa
+
 pytest.importorskip("vllm")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,14 +25,7 @@ QA = [("q1", "Capital of France?", ["Paris"]), ("q2", "Which long river is in Af
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("vllm_data")
-    corpus, qa = d / "c.jsonl", d / "q.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in DOCS)
-    )
-    qa.write_text(
-        "".join(json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in QA)
-    )
-    return {"corpus": str(corpus), "qa": str(qa)}
+    return {"corpus": write_corpus(d / "c.jsonl", DOCS), "qa": write_qa(d / "q.jsonl", QA)}
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
