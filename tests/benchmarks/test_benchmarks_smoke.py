@@ -48,3 +48,19 @@ def test_step_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert "peak RSS (ru_maxrss)" in out
     rows = [line for line in out.splitlines() if line[:1].isdigit()]
     assert len(rows) == 1  # one logged training step with its time split
+
+
+def test_baselines_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "baselines"
+    assert _load("baselines").main(["--quick", "--out", str(out), "--jobs", "2"]) == 0
+    rows = [json.loads(x) for x in (out / "baselines.jsonl").read_text().splitlines()]
+    assert [(r["policy"], r["retriever"], r["n"]) for r in rows] == [("tiny", "bm25", 2)]
+    assert "-m igpo_agent.evaluate" in rows[0]["command"]
+    assert (out / "cells" / "tiny-bm25" / "results.json").is_file()
+    assert "| tiny | bm25 |" in (out / "baselines.md").read_text()
+
+
+def test_baselines_rejects_a_missing_adapter(tmp_path: Path) -> None:
+    assert _load("baselines").main(["--policy", f"x={tmp_path}", "--out", str(tmp_path)]) == 2
