@@ -1,4 +1,5 @@
-"""Helpers that write small corpus and QA files in the formats the env reads (tests only).
+"""Test helpers: small corpus and QA files in the formats the env reads; loading a saved
+tiny model; the two prompt templates (chat template, plain text) rollouts are tested with.
 
 Corpus rows are FlashRAG/Search-R1 ``{"id", "contents": '"Title"\\ntext'}``; QA rows are
 ``{"id", "question", "golden_answers"[, "dataset"]}``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def write_corpus(path: Path, docs: Iterable[tuple[str, str, str]]) -> str:
@@ -31,3 +33,29 @@ def write_qa(
         lines.append(json.dumps(row) + "\n")
     path.write_text("".join(lines))
     return str(path)
+
+
+def load_model(path: Any, dtype: Any = None) -> Any:
+    """A saved causal LM in eval mode (fp32 unless ``dtype``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def chat_prompt_fn(tokenizer: Any) -> Any:
+    """Prompt text -> ids through the tokenizer's chat template (one user turn)."""
+
+    def fn(text: str) -> list[int]:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    return fn
+
+
+def plain_prompt_fn(tokenizer: Any) -> Any:
+    """Prompt text -> ids as a plain ``User: ... Assistant:`` transcript (no template)."""
+    return lambda text: tokenizer.encode(f"User: {text}\n\nAssistant:")

@@ -9,6 +9,8 @@ Fixture names (stable; other test files rely on them):
 - ``tiny_smol_model_path`` / ``tiny_bpe_model_path`` (session): folders with a 2-layer,
   64-wide random Llama model (init std 0.1: peaked, context-sensitive predictions) saved
   with the matching tokenizer (``Policy.load(path)``).
+- ``smol`` / ``bpe`` (module): (model in eval mode, tokenizer, prompt_fn) over the tiny
+  models: the SmolLM2 one with its chat template, the BPE one with a plain transcript.
 - ``tiny_policy`` (function): a fresh ``Policy`` over the tiny SmolLM2-tokenizer model with a
   rank-4 LoRA adapter on CPU in fp32 (seed 0): each test may train it freely.
 - ``tiny_full_policy`` (function): the same model fully fine-tuned, with a frozen reference copy.
@@ -22,6 +24,7 @@ import torch
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.models import build_bpe_tokenizer, build_tiny_model, load_tokenizer
 from igpo_agent.policy import LoraSettings, Policy
+from tests.fixtures import chat_prompt_fn, load_model, plain_prompt_fn
 
 torch.set_num_threads(1)
 
@@ -79,3 +82,15 @@ def tiny_full_policy(tiny_smol_model_path):
     return Policy.load(
         str(tiny_smol_model_path), lora=None, device="cpu", dtype="float32", reference_copy=True
     )
+
+
+@pytest.fixture(scope="module")
+def smol(tiny_smol_model_path, smol_tokenizer):
+    """(tiny SmolLM2-vocabulary model, its tokenizer, chat-template prompt_fn)."""
+    return load_model(tiny_smol_model_path), smol_tokenizer, chat_prompt_fn(smol_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bpe(tiny_bpe_model_path, bpe_tokenizer):
+    """(tiny BPE-vocabulary model, its tokenizer, plain-transcript prompt_fn)."""
+    return load_model(tiny_bpe_model_path), bpe_tokenizer, plain_prompt_fn(bpe_tokenizer)

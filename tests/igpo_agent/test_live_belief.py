@@ -10,26 +10,9 @@ from igpo_agent.info_gain import belief_values, gold_spec, trajectory_gold_specs
 from igpo_agent.live_belief import score_on_cache
 from igpo_agent.rollout import GenerationSettings, RolloutStats, rollout_batch
 from igpo_agent.sampling import TurnRequest, generate_turn
-from tests.igpo_agent.test_rollout import (
-    TASKS,
-    chat_prompt_fn,
-    load_model,
-    make_envs,
-    plain_prompt_fn,
-)
+from tests.igpo_agent.test_rollout import TASKS, make_envs
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def smol(tiny_smol_model_path, smol_tokenizer):
-    return load_model(tiny_smol_model_path), smol_tokenizer, chat_prompt_fn(smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def bpe(tiny_bpe_model_path, bpe_tokenizer):
-    return load_model(tiny_bpe_model_path), bpe_tokenizer, plain_prompt_fn(bpe_tokenizer)
-
 
 PREFIX, SUFFIX = "<answer>", "</answer>"  # the tag protocol's wrapper (env info["protocol"])
 

@@ -8,7 +8,7 @@ import torch
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.prefix_cache import shared_prefill
 from igpo_agent.sampling import TurnRequest, TurnStats, generate_turn
-from tests.igpo_agent.test_rollout import load_model
+from tests.fixtures import load_model
 
 torch.set_num_threads(1)
 

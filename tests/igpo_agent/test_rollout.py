@@ -7,7 +7,6 @@ import copy
 import gymnasium as gym
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.prompts import policy_prompt_fn, system_prompt
@@ -15,6 +14,7 @@ from igpo_agent.rollout import GenerationSettings, RolloutStats, rollout_batch
 from igpo_agent.sampling import TurnRequest, generate_turn
 from igpo_agent.trajectory import Trajectory
 from igpo_env.data import Document, QAExample
+from tests.fixtures import load_model, plain_prompt_fn
 
 torch.set_num_threads(1)
 
@@ -44,34 +44,6 @@ def make_envs(n: int, max_steps: int | list[int] = 3) -> list[gym.Env]:
         )
         for s in steps
     ]
-
-
-def load_model(path, dtype=torch.float32):
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
-
-
-def chat_prompt_fn(tokenizer):
-    def fn(text: str) -> list[int]:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-    return fn
-
-
-def plain_prompt_fn(tokenizer):
-    return lambda text: tokenizer.encode(f"User: {text}\n\nAssistant:")
-
-
-@pytest.fixture(scope="module")
-def smol(tiny_smol_model_path, smol_tokenizer):
-    return load_model(tiny_smol_model_path), smol_tokenizer, chat_prompt_fn(smol_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def bpe(tiny_bpe_model_path, bpe_tokenizer):
-    return load_model(tiny_bpe_model_path), bpe_tokenizer, plain_prompt_fn(bpe_tokenizer)
 
 
 def check_layout(traj: Trajectory, tokenizer) -> None:
