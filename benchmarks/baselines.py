@@ -17,7 +17,8 @@ per document, 3 turns, 64 new tokens per turn). ``--jobs`` cells run at once, ea
 Writes ``OUT/baselines.jsonl`` (one row per cell: policy, adapter, retriever, n, f1, em,
 cover_em, format_error_rate, turns, searches, seconds, command), ``OUT/baselines.md`` (the
 table, F1/EM/cover-EM in %, and the commands) and each cell's evaluate output folder
-(``OUT/cells/POLICY-RETRIEVER/``: results.json/.md, episodes.jsonl).
+(``OUT/cells/POLICY-RETRIEVER/``: results.json/.md, episodes.jsonl). ``--append`` adds
+cells to an existing table (e.g. new policies after more training) instead of replacing it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--questions", type=int, default=32)
     p.add_argument("--jobs", type=int, default=1, help="cells evaluated at the same time")
     p.add_argument("--out", default="results/baselines")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows already in OUT/baselines.jsonl (cells not run now) and add these",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random model, bm25, 2 questions")
     args = p.parse_args(argv)
     if not args.policy and not args.quick:
@@ -162,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
+    if args.append and (out / "baselines.jsonl").is_file():
+        done = {(r["policy"], r["retriever"]) for r in rows}
+        old = [json.loads(x) for x in (out / "baselines.jsonl").read_text().splitlines() if x]
+        rows = [r for r in old if (r["policy"], r["retriever"]) not in done] + rows
     with open(out / "baselines.jsonl", "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")

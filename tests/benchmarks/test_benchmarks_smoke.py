@@ -60,6 +60,11 @@ def test_baselines_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "-m igpo_agent.evaluate" in rows[0]["command"]
     assert (out / "cells" / "tiny-bm25" / "results.json").is_file()
     assert "| tiny | bm25 |" in (out / "baselines.md").read_text()
+    # --append keeps the earlier cells and adds the new ones
+    argv = ["--quick", "--out", str(out), "--append", "--policy", "again=none"]
+    assert _load("baselines").main(argv) == 0
+    rows = [json.loads(x) for x in (out / "baselines.jsonl").read_text().splitlines()]
+    assert [r["policy"] for r in rows] == ["tiny", "again"]
 
 
 def test_baselines_rejects_a_missing_adapter(tmp_path: Path) -> None:
