@@ -158,6 +158,7 @@ def group_advantages(
     norm: NormMode = "separate",
     gamma: float = 1.0,
     eps: float = DEFAULT_EPS,
+    ig_turns: Tensor | None = None,
 ) -> TurnAdvantages:
     """Per-turn advantages R_{i,t} for a batch of groups (IGPO_SPEC "Advantage").
 
@@ -171,10 +172,12 @@ def group_advantages(
         ig_mode: ``"log_prob_diff"`` or ``"prob_diff"``.
         norm: ``"separate"`` or ``"joint"``.
         gamma: discount over turns, in [0, 1] (ignored by ``grpo``).
+        ig_turns: optional bool (N, T_max), the turns eligible for IG (e.g. the searches);
+            see :func:`igpo_agent.rewards.turn_rewards`.
     """
     check_choice("algo", algo, ALGOS)
     check_choice("norm", norm, NORM_MODES)
-    tr = turn_rewards(values, num_turns, outcome, algo=algo, ig_mode=ig_mode)
+    tr = turn_rewards(values, num_turns, outcome, algo=algo, ig_mode=ig_mode, ig_turns=ig_turns)
     index, num_groups = group_index(values.shape[0], group_ids, group_size, values.device)
     normed = normalize_turn_rewards(tr, index, num_groups, norm=norm, eps=eps)
     if algo == "grpo":

@@ -103,6 +103,12 @@ class TrainConfig:
         "separate", "algorithm", "separate (IG and outcome z-scored apart) or joint (together)."
     )
     gamma: float = _f(1.0, "algorithm", "Discount of turn rewards in the return, in [0, 1].")
+    ig_turns: str = _f(
+        "search",
+        "algorithm",
+        "Turns that get IG: search (IGPO_SPEC: turns that end in a search) or all (every turn "
+        "before the last, malformed ones included).",
+    )
     ig_method: str = _f(
         "auto",
         "algorithm",
@@ -202,6 +208,7 @@ def validate(cfg: TrainConfig) -> list[str]:
         ("ig_mode", IG_MODES),
         ("norm", NORMS),
         ("ig_method", IG_METHODS),
+        ("ig_turns", ("search", "all")),
         ("engine", ENGINES),
         ("vllm_dtype", ("bfloat16", "float32")),
         ("loss_agg", LOSS_AGGS),

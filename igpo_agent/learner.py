@@ -82,9 +82,15 @@ def compute_advantages(
     norm: str,
     gamma: float,
     format_penalty: float,
+    ig_turns: str = "search",
 ) -> tuple[TurnAdvantages, torch.Tensor]:
     """Per-turn advantages of a batch (groups of ``group_size`` adjacent rollouts) and the
-    raw outcome rewards (N,)."""
+    raw outcome rewards (N,).
+
+    ``ig_turns="search"`` (IGPO_SPEC: "every turn that ends in a search gets r^IG_t") gives
+    IG only to turns the env parsed as a search; ``"all"`` to every turn before the last,
+    malformed ones included.
+    """
     outcome = outcome_rewards(
         [t.outcome_f1 for t in trajs],
         [t.answered for t in trajs],
@@ -93,6 +99,14 @@ def compute_advantages(
         format_penalty,
     )
     num_turns = [max(t.num_turns, 1) for t in trajs]
+    eligible = None
+    if ig_turns == "search":
+        eligible = torch.zeros(values.shape, dtype=torch.bool)
+        for i, t in enumerate(trajs):
+            for k, kind in enumerate(t.turn_kinds[: values.shape[1]]):
+                eligible[i, k] = kind == "search"
+    elif ig_turns != "all":
+        raise ValueError(f"ig_turns must be 'search' or 'all', got {ig_turns!r}")
     adv = group_advantages(
         values,
         num_turns,
@@ -102,6 +116,7 @@ def compute_advantages(
         ig_mode=ig_mode,  # type: ignore[arg-type]
         norm=norm,  # type: ignore[arg-type]
         gamma=gamma,
+        ig_turns=eligible,
     )
     return adv, outcome
 

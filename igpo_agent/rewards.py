@@ -188,8 +188,15 @@ def turn_rewards(
     *,
     algo: Algo = "igpo",
     ig_mode: IGMode = "log_prob_diff",
+    ig_turns: Tensor | None = None,
 ) -> TurnRewards:
     """Assemble raw per-turn rewards: IG on turns t < T_i - 1, outcome on turn T_i - 1.
+
+    ``ig_turns`` (bool (N, T_max), optional) narrows the IG turns further: IGPO_SPEC gives
+    IG to "every turn that ends in a search", so the trainer passes its search turns and a
+    malformed (invalid) turn before the last gets neither IG nor outcome: reward 0, outside
+    the IG normalisation pool; its return is what the rest of its rollout earns (the
+    format penalty included). None: every turn before the last gets IG.
 
     With ``algo="grpo"`` (the ablation, IGPO_SPEC "Advantage") IG is switched off: only the
     outcome slots are rewards and ``is_ig`` is all False; ``ig`` still holds the raw gains
@@ -207,6 +214,10 @@ def turn_rewards(
     tm = turn_mask(n, t_max)
     is_out = outcome_mask(n, t_max)
     is_ig = ig_mask(n, t_max) if algo == "igpo" else torch.zeros_like(tm)
+    if ig_turns is not None:
+        if ig_turns.shape != is_ig.shape:
+            raise ValueError(f"ig_turns must be (N, T_max)={tuple(is_ig.shape)}")
+        is_ig = is_ig & ig_turns.to(device=is_ig.device, dtype=torch.bool)
     rewards = torch.where(is_out, out[:, None].expand_as(ig), torch.zeros_like(ig))
     rewards = torch.where(is_ig, ig, rewards)
     return TurnRewards(rewards=rewards, is_ig=is_ig, is_outcome=is_out, turn_mask=tm, ig=ig)

@@ -269,6 +269,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             norm=cfg.norm,
             gamma=cfg.gamma,
             format_penalty=cfg.format_penalty,
+            ig_turns=cfg.ig_turns,
         )
         dp: dict[str, Any] = {}
         if world.enabled:  # global normaliser + summed gradients = the full-batch step

@@ -276,3 +276,18 @@ def test_token_advantages_errors():
         token_advantages(torch.zeros(1, 2), torch.tensor([[-2, 0]]))
     with pytest.raises(ValueError, match="rows"):
         token_advantages(torch.zeros(2, 2), torch.tensor([[0, 1]]))
+
+
+def test_invalid_turn_leaves_the_ig_pool():
+    """With IG only on searches, rollout A's turn 0 (invalid) is outside the IG pool."""
+    eligible = torch.tensor([[False, True, False], [True, True, False]])
+    adv = _worked(ig_turns=eligible)
+    # IG pool {0.5 (A t1), -1.0 (B t0), 0.0 (B t1, NaN IG)}: mean -0.5/3, population std
+    pool = [0.5, -1.0, 0.0]
+    mean = sum(pool) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in pool) / 3)
+    a1, b0, b1 = (z(x, mean, std) for x in pool)
+    assert adv.normalized[0].tolist() == pytest.approx([0.0, a1, OUT_Z])
+    assert adv.normalized[1].tolist()[:2] == pytest.approx([b0, b1])
+    # gamma 1: A's invalid turn 0 gets what the rest of its rollout earns
+    assert adv.returns[0].tolist() == pytest.approx([a1 + OUT_Z, a1 + OUT_Z, OUT_Z])

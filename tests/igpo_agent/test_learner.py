@@ -17,6 +17,7 @@ from igpo_agent.learner import (
 from igpo_agent.prompts import policy_prompt_fn
 from igpo_agent.rollout import rollout_batch
 from igpo_agent.sampling import GenerationSettings
+from igpo_agent.trajectory import Span, Trajectory
 from tests.fixtures import write_corpus, write_qa
 
 DOCS = [
@@ -68,6 +69,7 @@ def test_two_updates_change_every_lora_parameter_and_no_base_one(tiny_policy, en
             norm="separate",
             gamma=1.0,
             format_penalty=-2.0,
+            ig_turns="all",  # the random model rarely searches: IG on every turn here
         )
         assert bool(adv.returns.abs().sum() > 0), "IG should give non-zero advantages"
         metrics, timings = policy_update(
@@ -101,3 +103,22 @@ def test_grpo_ignores_beliefs(tiny_policy, envs):
     a, _ = compute_advantages(trajs, values, algo="grpo", **kw)
     b, _ = compute_advantages(trajs, torch.randn_like(values), algo="grpo", **kw)
     torch.testing.assert_close(a.returns, b.returns)
+
+
+def test_compute_advantages_gives_ig_to_search_turns_only():
+    def traj(kinds):
+        t = Trajectory(
+            question="q", answers=["a"], turn_kinds=kinds, format_ok="invalid" not in kinds
+        )
+        t.spans = [Span("action", i, i + 1, i) for i in range(len(kinds))]
+        return t
+
+    trajs = [traj(["invalid", "search", "answer"]), traj(["search", "search", "answer"])]
+    values = torch.tensor([[-3.0, -2.0, -1.0], [-3.0, -2.5, -2.0]])
+    kw = dict(group_size=2, algo="igpo", ig_mode="log_prob_diff", norm="separate", gamma=1.0)
+    adv, _ = compute_advantages(trajs, values, format_penalty=-2.0, **kw)
+    assert adv.is_ig.tolist() == [[False, True, False], [True, True, False]]
+    every, _ = compute_advantages(trajs, values, format_penalty=-2.0, ig_turns="all", **kw)
+    assert every.is_ig.tolist() == [[True, True, False], [True, True, False]]
+    with pytest.raises(ValueError, match="ig_turns"):
+        compute_advantages(trajs, values, format_penalty=-2.0, ig_turns="some", **kw)

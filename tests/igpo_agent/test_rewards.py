@@ -128,3 +128,16 @@ def test_mean_ig_per_turn():
     m = mean_ig_per_turn(ig, n)
     assert m[:2].tolist() == [0.0, 0.5]
     assert math.isnan(m[2].item())
+
+
+def test_ig_only_on_search_turns():
+    """IGPO_SPEC: IG for turns that end in a search; a malformed turn gets reward 0."""
+    v, n = pad_turn_values([[-2.0, -1.0, -0.5], [-2.0, -3.0]])
+    out = torch.tensor([1.0, -2.0])
+    searched = torch.tensor([[False, True, False], [True, False, False]])  # r0 turn 0 invalid
+    tr = turn_rewards(v, n, out, algo="igpo", ig_turns=searched)
+    assert tr.rewards.tolist() == [[0.0, 0.5, 1.0], [-1.0, -2.0, 0.0]]
+    assert tr.is_ig.tolist() == [[False, True, False], [True, False, False]]
+    assert tr.ig.tolist()[0][:2] == [1.0, 0.5]  # the raw gain is still logged
+    with pytest.raises(ValueError, match="ig_turns must be"):
+        turn_rewards(v, n, out, ig_turns=torch.ones(2, 2, dtype=torch.bool))
