@@ -68,10 +68,12 @@ __all__ = [
     "Episode",
     "GenerationSettings",
     "RolloutStats",
+    "check_group_layout",
     "end_context",
     "record_turn",
     "rollout_batch",
     "start_episode",
+    "start_episodes",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,48 @@ def start_episode(
     if len(prompt) >= max_context:
         end_context(ep, f"prompt of {len(prompt)} tokens >= max_context {max_context}")
     return ep
+
+
+def check_group_layout(envs: Sequence[gym.Env], tasks: Sequence[Any], group_size: int) -> None:
+    """Env ``i`` runs task ``i // group_size``: there must be exactly ``len(tasks) * G`` envs."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if len(envs) != len(tasks) * group_size:
+        raise ValueError(
+            f"need len(tasks) * group_size = {len(tasks)} * {group_size} envs, got {len(envs)}"
+        )
+
+
+def start_episodes(
+    envs: Sequence[gym.Env],
+    tasks: Sequence[dict[str, Any]],
+    *,
+    group_size: int,
+    seed: int | None,
+    prompt_fn: PromptFn,
+    settings: GenerationSettings,
+    max_context: int,
+    stats: RolloutStats,
+    gold_fn: Callable[[list[str], dict[str, Any]], GoldSpec] | None = None,
+) -> list[Episode]:
+    """:func:`start_episode` for every env (env ``i``: task ``i // group_size``, seed
+    ``seed + i``); the resets' time goes to ``stats.env_seconds``."""
+    t0 = time.perf_counter()
+    episodes = [
+        start_episode(
+            env,
+            dict(tasks[i // group_size]),
+            None if seed is None else seed + i,
+            i // group_size,
+            prompt_fn,
+            settings,
+            max_context,
+            gold_fn,
+        )
+        for i, env in enumerate(envs)
+    ]
+    stats.env_seconds += time.perf_counter() - t0
+    return episodes
 
 
 def record_turn(
@@ -320,33 +364,22 @@ def rollout_batch(
     """
     settings = settings or GenerationSettings()
     stats = stats if stats is not None else RolloutStats()
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if len(envs) != len(tasks) * group_size:
-        raise ValueError(
-            f"need len(tasks) * group_size = {len(tasks)} * {group_size} envs, got {len(envs)}"
-        )
+    check_group_layout(envs, tasks, group_size)
     max_context = settings.max_context or model_max_context(model)
     eos = eos_token_ids(model, tokenizer)
+    episodes = start_episodes(
+        envs,
+        tasks,
+        group_size=group_size,
+        seed=seed,
+        prompt_fn=prompt_fn,
+        settings=settings,
+        max_context=max_context,
+        stats=stats,
+        gold_fn=_gold_fn(tokenizer) if score_beliefs else None,
+    )
     was_training = model.training
     model.eval()
-
-    gold_fn = _gold_fn(tokenizer) if score_beliefs else None
-    t0 = time.perf_counter()
-    episodes = [
-        start_episode(
-            env,
-            dict(tasks[i // group_size]),
-            None if seed is None else seed + i,
-            i // group_size,
-            prompt_fn,
-            settings,
-            max_context,
-            gold_fn,
-        )
-        for i, env in enumerate(envs)
-    ]
-    stats.env_seconds += time.perf_counter() - t0
 
     turn_stats = TurnStats()
     try:

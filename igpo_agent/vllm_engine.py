@@ -40,7 +40,14 @@ import gymnasium as gym
 import torch
 
 from igpo_agent.info_gain import GoldSpec, _validate, trajectory_gold_specs
-from igpo_agent.rollout import PromptFn, RolloutStats, end_context, record_turn, start_episode
+from igpo_agent.rollout import (
+    PromptFn,
+    RolloutStats,
+    check_group_layout,
+    end_context,
+    record_turn,
+    start_episodes,
+)
 from igpo_agent.sampling import GenerationSettings
 from igpo_agent.trajectory import Trajectory
 from igpo_agent.vllm_weights import merged_state_dict
@@ -244,32 +251,23 @@ class VLLMEngine:
         """
         settings = settings or GenerationSettings()
         stats = stats if stats is not None else RolloutStats()
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if len(envs) != len(tasks) * group_size:
-            raise ValueError(
-                f"need len(tasks) * group_size = {len(tasks)} * {group_size} envs, got {len(envs)}"
-            )
+        check_group_layout(envs, tasks, group_size)
         if settings.max_context is not None and settings.max_context > self.max_context:
             raise ValueError(
                 f"GenerationSettings.max_context {settings.max_context} exceeds the engine's "
                 f"max_model_len {self.max_context}: build VLLMEngine(max_model_len=...) larger"
             )
         max_context = settings.max_context or self.max_context
-        t0 = time.perf_counter()
-        episodes = [
-            start_episode(
-                env,
-                dict(tasks[i // group_size]),
-                None if seed is None else seed + i,
-                i // group_size,
-                prompt_fn,
-                settings,
-                max_context,
-            )
-            for i, env in enumerate(envs)
-        ]
-        stats.env_seconds += time.perf_counter() - t0
+        episodes = start_episodes(
+            envs,
+            tasks,
+            group_size=group_size,
+            seed=seed,
+            prompt_fn=prompt_fn,
+            settings=settings,
+            max_context=max_context,
+            stats=stats,
+        )
         batch_sizes, generated = [], 0
         while active := [ep for ep in episodes if not ep.done]:
             budgets = [
