@@ -136,14 +136,61 @@ def normalize_turn_rewards(
     *,
     norm: NormMode = "separate",
     eps: float = DEFAULT_EPS,
+    ig_weight: float = 1.0,
+    ig_exclude_zero: bool = False,
 ) -> Tensor:
-    """Group-normalise assembled turn rewards (``separate`` or ``joint``): (N, T_max)."""
+    """Group-normalise assembled turn rewards (``separate`` or ``joint``): (N, T_max).
+
+    ``ig_exclude_zero`` (reference code, Feb 2026): IG values that are exactly 0 stay out
+    of the normalisation pool and normalise to 0. ``ig_weight`` multiplies the normalised
+    IG values (the outcome's weight stays 1), the knob a schedule over training moves.
+    """
     check_choice("norm", norm, NORM_MODES)
+    is_ig = tr.is_ig & (tr.rewards != 0) if ig_exclude_zero else tr.is_ig
     if norm == "joint":
-        return normalize_group(tr.rewards, tr.is_ig | tr.is_outcome, index, num_groups, eps)
-    ig_n = normalize_group(tr.rewards, tr.is_ig, index, num_groups, eps)
-    out_n = normalize_group(tr.rewards, tr.is_outcome, index, num_groups, eps)
-    return torch.where(tr.is_ig, ig_n, out_n)
+        normed = normalize_group(tr.rewards, is_ig | tr.is_outcome, index, num_groups, eps)
+        ig_n = normed
+    else:
+        ig_n = normalize_group(tr.rewards, is_ig, index, num_groups, eps)
+        normed = normalize_group(tr.rewards, tr.is_outcome, index, num_groups, eps)
+    ig_n = torch.where(is_ig, ig_n * ig_weight, torch.zeros_like(ig_n))
+    return torch.where(tr.is_ig, ig_n, normed)
+
+
+def all_equal_group_share(outcome: Tensor, group_size: int, tol: float = 1e-8) -> float:
+    """Share of groups whose G outcome rewards are all equal: GRPO gets no signal from them.
+
+    ``outcome`` (N,) holds the raw outcome rewards, rows ``[k*G, (k+1)*G)`` forming group k.
+    Naive equivalent: ``mean([max(g) - min(g) <= tol for g in chunks(outcome, G)])``.
+    """
+    if outcome.dim() != 1 or group_size < 1 or outcome.numel() % group_size:
+        raise ValueError(
+            f"outcome must be (N,) with N a multiple of group_size={group_size}; "
+            f"got {tuple(outcome.shape)}"
+        )
+    if outcome.numel() == 0:
+        return float("nan")
+    g = outcome.view(-1, group_size)  # (B, G)
+    return float(((g.max(1).values - g.min(1).values) <= tol).float().mean())
+
+
+def nonzero_token_share(turn_returns: Tensor, turn_tokens: Tensor, tol: float = 1e-8) -> float:
+    """Share of trained tokens whose advantage is non-zero (``|R_{i,t}| > tol``).
+
+    ``turn_tokens[i, t]`` is the number of tokens the agent generated in turn t of rollout
+    i (0 on padding); every one of them gets ``turn_returns[i, t]``. NaN with no tokens.
+    Naive equivalent: the fraction of ``token_advantages(...)[action_mask]`` that is non-zero.
+    """
+    if turn_returns.shape != turn_tokens.shape:
+        raise ValueError(
+            f"turn_returns {tuple(turn_returns.shape)} and turn_tokens "
+            f"{tuple(turn_tokens.shape)} must have the same (N, T_max) shape"
+        )
+    total = float(turn_tokens.sum())
+    if total == 0:
+        return float("nan")
+    live = (turn_returns.abs() > tol).to(turn_tokens.dtype)
+    return float((live * turn_tokens).sum()) / total
 
 
 def group_advantages(
@@ -159,6 +206,8 @@ def group_advantages(
     gamma: float = 1.0,
     eps: float = DEFAULT_EPS,
     ig_turns: Tensor | None = None,
+    ig_weight: float = 1.0,
+    ig_exclude_zero: bool = False,
 ) -> TurnAdvantages:
     """Per-turn advantages R_{i,t} for a batch of groups (IGPO_SPEC "Advantage").
 
@@ -174,12 +223,21 @@ def group_advantages(
         gamma: discount over turns, in [0, 1] (ignored by ``grpo``).
         ig_turns: optional bool (N, T_max), the turns eligible for IG (e.g. the searches);
             see :func:`igpo_agent.rewards.turn_rewards`.
+        ig_weight, ig_exclude_zero: see :func:`normalize_turn_rewards` (defaults: off).
     """
     check_choice("algo", algo, ALGOS)
     check_choice("norm", norm, NORM_MODES)
     tr = turn_rewards(values, num_turns, outcome, algo=algo, ig_mode=ig_mode, ig_turns=ig_turns)
     index, num_groups = group_index(values.shape[0], group_ids, group_size, values.device)
-    normed = normalize_turn_rewards(tr, index, num_groups, norm=norm, eps=eps)
+    normed = normalize_turn_rewards(
+        tr,
+        index,
+        num_groups,
+        norm=norm,
+        eps=eps,
+        ig_weight=ig_weight,
+        ig_exclude_zero=ig_exclude_zero,
+    )
     if algo == "grpo":
         final = (normed * tr.is_outcome.to(normed.dtype)).sum(1)  # (N,) normalised outcome
         returns = torch.where(tr.turn_mask, final[:, None].expand_as(normed), 0.0)

@@ -33,6 +33,7 @@ ENGINES = ("hf", "vllm")
 LOSS_AGGS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KL_REFERENCES = ("init", "base")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _TRUE = ("true", "1", "yes", "on", "y", "t")
 _FALSE = ("false", "0", "no", "off", "n", "f")
@@ -116,15 +117,49 @@ class TrainConfig:
         "in one forward after the rollout), naive (one forward per turn), vllm (engine "
         "prompt_logprobs); auto = live with engine hf, packed with engine vllm.",
     )
+    ig_weight: float = _f(
+        1.0, "algorithm", "Weight of the normalised IG rewards (the outcome's weight is 1)."
+    )
+    ig_weight_end: float | None = _f(
+        None,
+        "algorithm",
+        "With a value, the IG weight moves linearly from ig_weight at step 1 to this at the "
+        "last step (reference code's IG/outcome schedule); none keeps ig_weight.",
+    )
+    ig_exclude_zero: bool = _f(
+        False,
+        "algorithm",
+        "Leave IG values that are exactly 0 out of the IG normalisation pool (reference code, "
+        "Feb 2026).",
+    )
     # --- loss ---
     clip_eps: float = _f(0.2, "loss", "PPO ratio clip epsilon.")
+    clip_ratio_low: float | None = _f(
+        None, "loss", "Lower clip: ratio >= 1 - clip_ratio_low; none = clip_eps."
+    )
+    clip_ratio_high: float | None = _f(
+        None, "loss", "Upper clip: ratio <= 1 + clip_ratio_high (DAPO: 0.28); none = clip_eps."
+    )
     dual_clip: float | None = _f(3.0, "loss", "Dual-clip constant c > 1 for negative advantages.")
     kl_coef: float = _f(0.001, "loss", "Weight of the low_var_kl loss to the reference policy.")
+    kl_reference: str = _f(
+        "init",
+        "loss",
+        "KL anchor with init_adapter: init (the warm-started policy training begins from: its "
+        "adapter is merged into the base and a fresh adapter trained on top) or base (the base "
+        "model with the adapter disabled).",
+    )
     entropy_coef: float = _f(0.001, "loss", "Weight of the entropy bonus.")
     loss_agg: str = _f(
         "token-mean", "loss", "token-mean, seq-mean-token-sum or seq-mean-token-mean."
     )
     ppo_epochs: int = _f(1, "loss", "Passes over each rollout batch.")
+    ppo_mini_batch_size: int | None = _f(
+        None,
+        "loss",
+        "Trajectories per optimiser step: each rollout batch is split into mini-batches, one "
+        "step each (reference Nov 2025: 32 of 512); none = the whole batch, one step.",
+    )
     micro_batch_size: int = _f(4, "loss", "Trajectories per forward/backward (grad accumulation).")
     lr: float = _f(5e-5, "loss", "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "loss", "AdamW weight decay.")
@@ -214,6 +249,7 @@ def validate(cfg: TrainConfig) -> list[str]:
         ("loss_agg", LOSS_AGGS),
         ("lr_schedule", LR_SCHEDULES),
         ("dtype", DTYPES),
+        ("kl_reference", KL_REFERENCES),
     ]:
         choice(name, allowed)
     if cfg.ig_method == "live" and cfg.engine != "hf":
@@ -263,6 +299,18 @@ def validate(cfg: TrainConfig) -> list[str]:
                 f"micro_batch_size={cfg.micro_batch_size} does not divide the "
                 f"{n} rollouts per step (questions_per_step * group_size); use one of {fits}"
             )
+    if cfg.ppo_mini_batch_size is not None:
+        n = cfg.rollouts_per_step
+        if cfg.ppo_mini_batch_size < 1 or n % cfg.ppo_mini_batch_size:
+            fits = [d for d in range(1, n + 1) if n % d == 0]
+            e.append(
+                f"ppo_mini_batch_size={cfg.ppo_mini_batch_size} does not divide the {n} "
+                f"rollouts per step into equal optimiser steps; use one of {fits} or none"
+            )
+    for name in ("clip_ratio_low", "clip_ratio_high"):
+        v = getattr(cfg, name)
+        if v is not None and not 0 < v < (1 if name == "clip_ratio_low" else float("inf")):
+            e.append(f"{name}={v}: use a value in (0, 1) for low, > 0 for high, or none")
     if not cfg.temperature > 0:
         e.append(f"temperature={cfg.temperature}: sampling needs a temperature > 0")
     if not 0 < cfg.top_p <= 1:

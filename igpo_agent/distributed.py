@@ -254,12 +254,14 @@ def merge_metrics(
     *,
     sum_keys: Sequence[str] = (),
     max_keys: Sequence[str] = (),
+    min_keys: Sequence[str] = (),
 ) -> dict[str, float]:
     """One record from the ranks' metric dicts (pure).
 
     Each key is averaged over the ranks that report it (weighted by ``weights[key]`` where
     given, e.g. the token counts behind a loss mean); ``sum_keys`` are added (throughput)
-    and ``max_keys`` take the maximum (wall times: the step waits for the slowest rank).
+    and ``max_keys`` take the maximum (wall times: the step waits for the slowest rank),
+    ``min_keys`` the minimum.
     With equal rollouts per rank, the mean of per-rank means is the global mean.
     """
     weights = weights or {}
@@ -273,6 +275,8 @@ def merge_metrics(
             out[k] = sum(v for _, v in vals)
         elif k in max_keys:
             out[k] = max(v for _, v in vals)
+        elif k in min_keys:
+            out[k] = min(v for _, v in vals)
         else:
             w = [float(weights[k][r]) if k in weights else 1.0 for r, _ in vals]
             total = sum(w)
@@ -363,13 +367,3 @@ def maybe_dump_trainable(model: torch.nn.Module, step: int, info: DistInfo) -> P
     }
     save_file(tensors, str(path))
     return path
-
-
-def global_normalizer(trajs: Sequence[Any], loss_agg: str, info: DistInfo) -> float:
-    """The step's loss normaliser over every rank's trajectories: each rank's
-    :func:`~igpo_agent.loss.loss_normalizer` of its own action mask, summed."""
-    from igpo_agent.learner import pad_batch
-    from igpo_agent.loss import loss_normalizer
-
-    local = loss_normalizer(pad_batch(trajs, 0)["action_mask"], loss_agg) if trajs else 0.0  # type: ignore[arg-type]
-    return all_reduce_sum(local, info)

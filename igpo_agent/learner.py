@@ -4,11 +4,13 @@ The glue between the pure math (:mod:`rewards`, :mod:`advantages`, :mod:`loss`) 
 model (:mod:`policy`, :mod:`info_gain`). IGPO_SPEC "Turn reward", "Advantage", "Policy loss".
 
 - Beliefs v_t come from the rollout policy itself (pi_old, no grad) before the update.
-- With one PPO epoch the policy that sampled the batch is the one being differentiated
-  (the optimiser steps once, after all micro-batches), so pi_old's log-probs are the
-  detached current ones: exact, and one forward pass cheaper. With more epochs they are
-  computed once up front.
-- The reference policy for ``low_var_kl`` is the base model with the LoRA adapter disabled.
+- The update is PPO's: ``ppo_epochs`` passes, each split into mini-batches of
+  ``ppo_mini_batch_size`` trajectories with one optimiser step each. pi_old's log-probs
+  are computed once before the first step (or, with a single step in all, are the detached
+  current ones: exact and one forward cheaper). Every log-prob the loss reads uses the
+  sampling temperature.
+- The reference policy for ``low_var_kl`` is ``policy.reference()``: the policy training
+  started from (the warm start merged into the base weights, see :mod:`igpo_agent.policy`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,26 @@ class LossSettings:
     """The loss and optimisation knobs of one update (IGPO_SPEC "Policy loss")."""
 
     clip_eps: float = 0.2
+    clip_eps_low: float | None = None  # lower clip 1 - eps_low; None = clip_eps
+    clip_eps_high: float | None = None  # upper clip 1 + eps_high; None = clip_eps
     dual_clip: float | None = 3.0
     kl_coef: float = 0.001
     entropy_coef: float = 0.001
     loss_agg: str = "token-mean"
     ppo_epochs: int = 1
+    ppo_mini_batch_size: int | None = None  # trajectories per optimiser step; None = all
     micro_batch_size: int = 4
     max_grad_norm: float = 1.0
+    temperature: float = 1.0  # the sampling temperature: learner log-probs use logits / T
+
+    def mini_batches(self, n: int) -> list[slice]:
+        """The optimiser steps of one epoch over ``n`` trajectories (adjacent rows each)."""
+        size = n if self.ppo_mini_batch_size is None else min(self.ppo_mini_batch_size, n)
+        return _micro_batches(n, max(size, 1))
+
+    def optimizer_steps(self, n: int) -> int:
+        """Optimiser steps one update of ``n`` trajectories takes (epochs x mini-batches)."""
+        return self.ppo_epochs * len(self.mini_batches(n))
 
 
 def belief_matrix(
@@ -83,6 +98,8 @@ def compute_advantages(
     gamma: float,
     format_penalty: float,
     ig_turns: str = "search",
+    ig_weight: float = 1.0,
+    ig_exclude_zero: bool = False,
 ) -> tuple[TurnAdvantages, torch.Tensor]:
     """Per-turn advantages of a batch (groups of ``group_size`` adjacent rollouts) and the
     raw outcome rewards (N,).
@@ -117,8 +134,20 @@ def compute_advantages(
         norm=norm,  # type: ignore[arg-type]
         gamma=gamma,
         ig_turns=eligible,
+        ig_weight=ig_weight,
+        ig_exclude_zero=ig_exclude_zero,
     )
     return adv, outcome
+
+
+def turn_token_counts(trajs: Sequence[Trajectory], t_max: int) -> torch.Tensor:
+    """(N, t_max) number of tokens the agent generated in each turn of each trajectory."""
+    out = torch.zeros(len(trajs), t_max)
+    for i, t in enumerate(trajs):
+        for s in t.spans:
+            if s.kind == "action" and s.turn < t_max:
+                out[i, s.turn] += s.end - s.start
+    return out
 
 
 def pad_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
@@ -150,11 +179,15 @@ def _trim(batch: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _logprobs(policy: Any, batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+def _logprobs(
+    policy: Any, batch: dict[str, torch.Tensor], size: int, temperature: float
+) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     for sl in _micro_batches(batch["input_ids"].shape[0], size):
         mb = _trim(batch, sl)
-        lp, _ = policy.action_logprobs(mb["input_ids"], mb["attention_mask"], mb["action_mask"])
+        lp, _ = policy.action_logprobs(
+            mb["input_ids"], mb["attention_mask"], mb["action_mask"], temperature=temperature
+        )
         out[sl, : lp.shape[1]] = lp.float().cpu()
     return out
 
@@ -166,38 +199,51 @@ def policy_update(
     turn_returns: torch.Tensor,
     settings: LossSettings,
     *,
-    normalizer: float | None = None,
+    global_count: Callable[[float], float] | None = None,
     reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Run ``ppo_epochs`` optimiser steps on the batch; returns (loss metrics, timings).
+    """Run the PPO update on the batch; returns (loss metrics, timings).
 
     Every token the agent generated in turn t gets ``turn_returns[i, t]``; prompt and
-    observation tokens are masked out. Micro-batches accumulate gradients with the global
-    token (or sequence) count as the loss normaliser, so the step equals the full-batch one.
+    observation tokens are masked out. Each of ``ppo_epochs`` passes splits the batch into
+    mini-batches of ``ppo_mini_batch_size`` trajectories, one optimiser step each (the
+    reference code's Nov 2025 scripts: 16 steps per rollout batch; the ratio leaves 1
+    after the first step and the clip acts). Micro-batches (``micro_batch_size``, memory
+    only) accumulate gradients with the mini-batch's token (or sequence) count as the
+    loss normaliser, so a mini-batch's step equals its full-batch step.
 
-    Data parallel (:mod:`igpo_agent.distributed`): ``normalizer`` overrides this batch's
-    own count with the count summed over ranks, and ``reduce_grads(params)`` sums the
-    gradients over ranks before clipping and the optimiser step. A rank whose share has
-    no action token still takes part (zero gradient); only a global ``normalizer`` of 0
-    skips the update, on every rank alike.
+    pi_old: with one optimiser step in all, the sampled policy is the one differentiated,
+    so its log-probs are the detached current ones (exact, one forward cheaper); with more
+    they are computed once, before the first step. All log-probs use ``temperature``.
+
+    A step whose gradient norm is not finite is skipped (no optimiser step, gradients
+    dropped) and counted in ``skipped_steps``: AdamW would otherwise write NaN into the
+    adapter.
+
+    Data parallel (:mod:`igpo_agent.distributed`): ``global_count(local)`` turns this
+    rank's normaliser of a mini-batch into the sum over ranks, and ``reduce_grads(params)``
+    sums the gradients over ranks before clipping and the optimiser step. Every rank must
+    hold the same number of trajectories. A rank whose share has no action token still
+    takes part (zero gradient); a mini-batch whose global count is 0 is skipped on every
+    rank alike.
     """
     pad_id = policy.tokenizer.pad_token_id
     batch = pad_batch(trajs, pad_id)
     batch["advantages"] = token_advantages(turn_returns, batch["token_turns"])
     mask = batch["action_mask"]
     timings = {"old_logprobs_s": 0.0, "update_s": 0.0}
-    if normalizer is None:
-        if not bool(mask.any()):
-            return {}, timings
-        normalizer = loss_normalizer(mask, settings.loss_agg)  # type: ignore[arg-type]
-    elif normalizer <= 0:
+    agg = settings.loss_agg
+    if global_count is None and not bool(mask.any()):
         return {}, timings
+    temp = settings.temperature
+    mbs = settings.micro_batch_size
     t0 = time.perf_counter()
-    old = _logprobs(policy, batch, settings.micro_batch_size) if settings.ppo_epochs > 1 else None
+    n_steps = settings.optimizer_steps(len(trajs))
+    old = _logprobs(policy, batch, mbs, temp) if n_steps > 1 else None
     ref = None
     if settings.kl_coef > 0:
         with policy.reference():
-            ref = _logprobs(policy, batch, settings.micro_batch_size)
+            ref = _logprobs(policy, batch, mbs, temp)
     timings["old_logprobs_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -205,49 +251,76 @@ def policy_update(
     policy.model.train()
     sums: dict[str, float] = {}
     weight = 0.0
-    grad_norm = 0.0
+    grad_norms: list[float] = []
+    skipped = 0
+    ratio_min, ratio_max = math.inf, -math.inf
     for _ in range(settings.ppo_epochs):
-        optimizer.zero_grad(set_to_none=True)
-        for sl in _micro_batches(len(trajs), settings.micro_batch_size):
-            mb = _trim(batch, sl)
-            if not bool(mb["action_mask"].any()):
+        for mini in settings.mini_batches(len(trajs)):
+            count = loss_normalizer(mask[mini], agg)  # type: ignore[arg-type]
+            if global_count is not None:
+                count = global_count(count)
+            if count <= 0:
                 continue
-            width = mb["input_ids"].shape[1]
-            logp, ent = policy.action_logprobs(
-                mb["input_ids"],
-                mb["attention_mask"],
-                mb["action_mask"],
-                with_entropy=settings.entropy_coef > 0,
-            )
-            dev = logp.device
-            old_lp = logp.detach() if old is None else old[sl, :width].to(dev)
-            loss, m = policy_loss(
-                logp.float(),
-                old_lp.float(),
-                mb["advantages"].to(dev),
-                mb["action_mask"].to(dev),
-                ref_logp=None if ref is None else ref[sl, :width].to(dev),
-                entropy=None if ent is None else ent.float(),
-                clip_eps=settings.clip_eps,
-                clip_ratio_c=settings.dual_clip,
-                kl_coef=settings.kl_coef,
-                ent_coef=settings.entropy_coef,
-                loss_agg=settings.loss_agg,  # type: ignore[arg-type]
-                normalizer=normalizer,
-            )
-            loss.backward()
-            w = m["num_tokens"]
-            weight += w
-            for k, v in m.items():
-                if k not in ("num_tokens", "num_seqs") and math.isfinite(v):
-                    sums[k] = sums.get(k, 0.0) + v * w
-        if reduce_grads is not None:
-            reduce_grads(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
-        optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for sl in _micro_batches(mini.stop - mini.start, mbs):
+                rows = slice(mini.start + sl.start, mini.start + sl.stop)
+                mb = _trim(batch, rows)
+                if not bool(mb["action_mask"].any()):
+                    continue
+                width = mb["input_ids"].shape[1]
+                logp, ent = policy.action_logprobs(
+                    mb["input_ids"],
+                    mb["attention_mask"],
+                    mb["action_mask"],
+                    with_entropy=settings.entropy_coef > 0,
+                    temperature=temp,
+                )
+                dev = logp.device
+                old_lp = logp.detach() if old is None else old[rows, :width].to(dev)
+                loss, m = policy_loss(
+                    logp.float(),
+                    old_lp.float(),
+                    mb["advantages"].to(dev),
+                    mb["action_mask"].to(dev),
+                    ref_logp=None if ref is None else ref[rows, :width].to(dev),
+                    entropy=None if ent is None else ent.float(),
+                    clip_eps=settings.clip_eps,
+                    clip_eps_low=settings.clip_eps_low,
+                    clip_eps_high=settings.clip_eps_high,
+                    clip_ratio_c=settings.dual_clip,
+                    kl_coef=settings.kl_coef,
+                    ent_coef=settings.entropy_coef,
+                    loss_agg=agg,  # type: ignore[arg-type]
+                    normalizer=count,
+                )
+                loss.backward()
+                w = m["num_tokens"]
+                weight += w
+                ratio_min = min(ratio_min, m["ratio_min"])
+                ratio_max = max(ratio_max, m["ratio_max"])
+                for k, v in m.items():
+                    if k not in _UNWEIGHTED and math.isfinite(v):
+                        sums[k] = sums.get(k, 0.0) + v * w
+            if reduce_grads is not None:
+                reduce_grads(params)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+            if not math.isfinite(norm):
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            grad_norms.append(norm)
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     policy.model.eval()
     timings["update_s"] = time.perf_counter() - t0
     metrics = {k: v / max(weight, 1.0) for k, v in sums.items()}
-    metrics["grad_norm"] = grad_norm
+    metrics["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    if weight > 0:
+        metrics["ratio_min"], metrics["ratio_max"] = ratio_min, ratio_max
+    metrics["optimizer_steps"] = float(len(grad_norms))
+    metrics["skipped_steps"] = float(skipped)
     metrics["num_tokens"] = float(mask.sum())
     return metrics, timings
+
+
+_UNWEIGHTED = ("num_tokens", "num_seqs", "ratio_min", "ratio_max")

@@ -38,6 +38,15 @@ CLIPFRAC = "losses/clipfrac"
 APPROX_KL = "losses/approx_kl"
 TOTAL_LOSS = "losses/total"
 GRAD_NORM = "losses/grad_norm"
+RATIO_MEAN = "losses/ratio_mean"
+RATIO_MIN = "losses/ratio_min"
+RATIO_MAX = "losses/ratio_max"
+DUAL_CLIPFRAC = "losses/dual_clipfrac"
+SKIPPED_STEPS = "losses/skipped_steps"
+OPTIMIZER_STEPS = "losses/optimizer_steps"
+ALL_EQUAL_GROUPS = "charts/all_equal_outcome_groups"
+NONZERO_ADV_TOKENS = "charts/nonzero_advantage_tokens"
+IG_WEIGHT = "charts/ig_weight"
 TOKENS_PER_S = "perf/tokens_per_s"
 GENERATION_S = "time/generation_s"
 RETRIEVAL_S = "time/retrieval_s"
@@ -49,6 +58,11 @@ EVAL_F1 = "eval/f1"
 EVAL_EM = "eval/em"
 EVAL_COVER_EM = "eval/cover_em"
 EVAL_FORMAT_ERROR_RATE = "eval/format_error_rate"
+EVAL_N = "eval/n"
+EVAL_F1_CI_LOW = "eval/f1_ci_low"
+EVAL_F1_CI_HIGH = "eval/f1_ci_high"
+EVAL_FORMAT_CI_LOW = "eval/format_error_ci_low"
+EVAL_FORMAT_CI_HIGH = "eval/format_error_ci_high"
 
 TIME_SPLIT_KEYS = (GENERATION_S, RETRIEVAL_S, INFO_GAIN_S, OLD_LOGPROBS_S, UPDATE_S)
 """The parts of one step's wall time (stacked in the plots; ``time/step_s`` is the total)."""
@@ -77,7 +91,16 @@ METRICS: dict[str, str] = {
     CLIPFRAC: "fraction of tokens whose ratio was clipped",
     APPROX_KL: "approximate KL old -> new policy (PPO diagnostics)",
     TOTAL_LOSS: "policy + kl_coef * kl - entropy_coef * entropy",
-    GRAD_NORM: "gradient norm before clipping",
+    GRAD_NORM: "gradient norm before clipping (mean over the step's optimiser steps)",
+    RATIO_MEAN: "mean PPO ratio pi/pi_old over trained tokens (1 on the first mini-batch)",
+    RATIO_MIN: "smallest PPO ratio of the step",
+    RATIO_MAX: "largest PPO ratio of the step",
+    DUAL_CLIPFRAC: "fraction of tokens where the dual clip (negative advantages) acted",
+    SKIPPED_STEPS: "optimiser steps skipped because the gradient norm was not finite",
+    OPTIMIZER_STEPS: "optimiser steps taken on this rollout batch (epochs x mini-batches)",
+    ALL_EQUAL_GROUPS: "share of groups whose outcome rewards are all equal (no GRPO signal)",
+    NONZERO_ADV_TOKENS: "share of trained tokens with a non-zero advantage",
+    IG_WEIGHT: "weight of the normalised IG rewards at this step",
     TOKENS_PER_S: "generated tokens per second of rollout time",
     GENERATION_S: "seconds spent sampling agent turns",
     RETRIEVAL_S: "seconds spent in the retriever",
@@ -89,6 +112,11 @@ METRICS: dict[str, str] = {
     EVAL_EM: "evaluation exact match",
     EVAL_COVER_EM: "evaluation cover exact match (gold contained in the answer)",
     EVAL_FORMAT_ERROR_RATE: "evaluation fraction of malformed episodes",
+    EVAL_N: "evaluation questions",
+    EVAL_F1_CI_LOW: "lower end of the 95% bootstrap interval of evaluation F1",
+    EVAL_F1_CI_HIGH: "upper end of the 95% bootstrap interval of evaluation F1",
+    EVAL_FORMAT_CI_LOW: "lower end of the 95% Wilson interval of the eval format-error rate",
+    EVAL_FORMAT_CI_HIGH: "upper end of the 95% Wilson interval of the eval format-error rate",
 }
 
 POSTFIX_KEYS: dict[str, str] = {

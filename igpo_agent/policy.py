@@ -5,7 +5,9 @@ The reference policy for the KL term is the same network with the adapter switch
 weights. With full fine-tuning (``lora=None``) there is no adapter to switch off, so a
 reference needs a frozen copy of the initial weights: ``Policy.load(..., lora=None,
 reference_copy=True)`` keeps one (twice the weight memory); without it ``reference()``
-raises and the KL term must be turned off (coefficient 0).
+raises and the KL term must be turned off (coefficient 0). After a warm start loaded with
+``merge_init_adapter=True`` the base weights hold the warm start, so the adapter-off
+network is the warm-started policy: the KL anchors to where training began.
 
 ``prompt_ids`` is the only place a prompt is templated. Turn boundaries are never found by
 scanning the template: the rollout records token spans as it appends ids (see
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from igpo_agent.adapters import lora_config, stack_lora_states
 from igpo_agent.models import ensure_pad_token, load_tokenizer, resolve_model
 
 _DTYPES = {
@@ -127,6 +130,14 @@ def selective_log_softmax(
     return lp, ent
 
 
+_ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def _lora_config(lora: LoraSettings) -> Any:
+    """peft's ``LoraConfig`` for these settings (causal LM, no bias)."""
+    return lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions 0, 1, ... counted over real tokens only (left or right padding); pads get 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -156,6 +167,7 @@ class Policy:
         self.lora = lora
         self._reference_model = reference_model
         self._in_reference = False
+        self.merged_init: dict[str, Any] | None = None  # set by load(merge_init_adapter=True)
         first = next(model.parameters())
         self.device = first.device
         self.dtype = first.dtype
@@ -178,6 +190,7 @@ class Policy:
         seed: int | None = None,
         reference_copy: bool = False,
         attn_implementation: str | None = "sdpa",
+        merge_init_adapter: bool = False,
     ) -> Policy:
         """Load a model (alias, folder or hub id) and wrap it.
 
@@ -186,8 +199,15 @@ class Policy:
         ``reference_copy=True`` keeps a frozen copy for the KL reference. ``seed`` fixes the
         adapter's random init. ``attn_implementation`` is ``"sdpa"`` or ``"eager"`` (the
         information-gain scorer's packed path needs one of the two).
+
+        ``merge_init_adapter=True`` (with ``init_adapter``) merges the saved adapter into
+        the base weights and trains a fresh adapter of the same shape on top (LoRA's B
+        starts at 0, so the policy is unchanged at step 0). ``reference()`` then runs the
+        warm-started policy, the one training starts from (IGPO_SPEC "Policy loss"), with
+        no second copy of the weights; ``save`` writes one adapter for the plain base model
+        that holds both (see :func:`stack_lora_states`).
         """
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
         dev = resolve_device(device)
@@ -201,34 +221,37 @@ class Policy:
         if seed is not None:
             torch.manual_seed(seed)
         reference = None
-        if init_adapter is not None:
-            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-                warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+        merged_init: dict[str, Any] | None = None
+        if merge_init_adapter and init_adapter is None:
+            raise ValueError("merge_init_adapter needs an init_adapter to merge")
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+            if init_adapter is not None:
                 net = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-            cfg = net.peft_config["default"]
-            lora = LoraSettings(
-                r=cfg.r,
-                alpha=int(cfg.lora_alpha),
-                dropout=cfg.lora_dropout,
-                target_modules=tuple(sorted(cfg.target_modules)),
-            )
-        elif lora is not None:
-            config = LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-                warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
-                net = get_peft_model(base, config)
-        else:
-            net = base
-            if reference_copy:
-                reference = copy.deepcopy(base).eval().requires_grad_(False)
-        return cls(net, tokenizer, name=str(model), lora=lora, reference_model=reference)
+                cfg = net.peft_config["default"]
+                lora = LoraSettings(
+                    r=cfg.r,
+                    alpha=int(cfg.lora_alpha),
+                    dropout=cfg.lora_dropout,
+                    target_modules=tuple(sorted(cfg.target_modules)),
+                )
+                if merge_init_adapter:
+                    from peft import get_peft_model_state_dict
+
+                    state = {
+                        k: v.detach().clone() for k, v in get_peft_model_state_dict(net).items()
+                    }
+                    merged_init = {"state": state, "lora": lora, "path": str(init_adapter)}
+                    net = get_peft_model(net.merge_and_unload(), _lora_config(lora))
+            elif lora is not None:
+                net = get_peft_model(base, _lora_config(lora))
+            else:
+                net = base
+                if reference_copy:
+                    reference = copy.deepcopy(base).eval().requires_grad_(False)
+        out = cls(net, tokenizer, name=str(model), lora=lora, reference_model=reference)
+        out.merged_init = merged_init
+        return out
 
     # ------------------------------------------------------------------ reference policy
     @property
@@ -313,8 +336,14 @@ class Policy:
         action_mask: torch.Tensor,
         *,
         with_entropy: bool = False,
+        temperature: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``sequence_logprobs`` restricted to the tokens in ``action_mask`` (others hold 0).
+
+        ``temperature`` divides the logits first, as the sampler did (IGPO_SPEC "Policy
+        loss": the learner's log-probs use the sampling temperature), so at T != 1 the
+        update differentiates the distribution the tokens were drawn from; entropies are
+        those of the same tempered distribution.
 
         Naive equivalent: ``lp, ent = sequence_logprobs(ids, attn, with_entropy=...)`` then
         ``lp * action_mask`` (and ``ent * action_mask``). Here the LM head and the softmax
@@ -342,6 +371,10 @@ class Policy:
             logits_to_keep=cols,  # 1-D indices: the documented form across transformers 5.x
         )
         logits = out.logits[pred[:, cols]]  # (N, V), row-major over (B, L) like ids[act]
+        if temperature != 1.0:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+            logits = logits / temperature
         lp, ent = selective_log_softmax(logits, ids[act], with_entropy=with_entropy)
         lp_full = lp_full.masked_scatter(act, lp)
         if ent_full is not None and ent is not None:
@@ -361,15 +394,46 @@ class Policy:
         """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        lora = self.lora
+        if self.merged_init is None:
+            self.model.save_pretrained(out)
+        else:  # warm start merged into the base: save warm start + fresh adapter as one
+            lora = self._save_stacked(out)
         self.tokenizer.save_pretrained(out)
         meta = {
             "base_model": self.name,
-            "lora": asdict(self.lora) if self.lora is not None else None,
+            "lora": asdict(lora) if lora is not None else None,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+        if self.merged_init is not None:
+            meta["stacked_on"] = self.merged_init["path"]
         (out / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
+
+    def _save_stacked(self, out: Path) -> LoraSettings:
+        """Write the merged warm start plus the trained adapter as one adapter (rank r1+r2)
+        that loads onto the plain base model; returns its settings."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        assert self.merged_init is not None and self.lora is not None
+        init: LoraSettings = self.merged_init["lora"]
+        trained = {k: v.detach() for k, v in get_peft_model_state_dict(self.model).items()}
+        state, stacked = stack_lora_states(
+            self.merged_init["state"], init.alpha / init.r, trained, self.lora.alpha / self.lora.r
+        )
+        settings = LoraSettings(
+            r=init.r + self.lora.r,
+            alpha=self.lora.alpha * (init.r + self.lora.r) / self.lora.r,  # keeps scale s2
+            dropout=self.lora.dropout,
+            target_modules=self.lora.target_modules,
+        )
+        assert stacked == settings.r
+        config = _lora_config(settings)
+        config.base_model_name_or_path = self.name
+        config.save_pretrained(str(out))
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / _ADAPTER_FILE))
+        return settings
 
     def load_adapter(self, path: str | Path) -> None:
         """Overwrite the live adapter's weights with a saved one (e.g. to resume training)."""

@@ -19,6 +19,7 @@ import torch
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent import distributed as D
 from igpo_agent import logging_utils as K
+from igpo_agent.advantages import all_equal_group_share, nonzero_token_share
 from igpo_agent.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -31,7 +32,13 @@ from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
 from igpo_agent.engines import make_engine
 from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.learner import LossSettings, belief_matrix, compute_advantages, policy_update
+from igpo_agent.learner import (
+    LossSettings,
+    belief_matrix,
+    compute_advantages,
+    policy_update,
+    turn_token_counts,
+)
 from igpo_agent.live_belief import recorded_belief_values
 from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads
 from igpo_agent.rewards import mean_ig_per_turn
@@ -95,6 +102,14 @@ def lr_lambda(cfg: TrainConfig) -> Any:
     return f
 
 
+def ig_weight_at(cfg: TrainConfig, step: int) -> float:
+    """The IG weight at ``step`` (1-based): ``ig_weight``, or linear to ``ig_weight_end``."""
+    if cfg.ig_weight_end is None or cfg.steps <= 1:
+        return cfg.ig_weight
+    frac = min(max((step - 1) / (cfg.steps - 1), 0.0), 1.0)
+    return cfg.ig_weight + frac * (cfg.ig_weight_end - cfg.ig_weight)
+
+
 def run_eval(
     policy: Policy, cfg: TrainConfig, envs: list, label: str, engine: Any = None
 ) -> dict[str, float]:
@@ -151,6 +166,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         init_adapter=cfg.init_adapter,
         seed=cfg.seed,
         reference_copy=cfg.full_finetune and cfg.kl_coef > 0,
+        merge_init_adapter=cfg.init_adapter is not None and cfg.kl_reference == "init",
     )
     D.broadcast_params(policy.trainable_parameters(), world)  # identical start on every rank
     envs = make_envs(
@@ -173,15 +189,22 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    mini = cfg.ppo_mini_batch_size
+    if mini is not None:
+        D.check_divisible(mini, world)  # each rank takes its share of every mini-batch
     loss_settings = LossSettings(
         clip_eps=cfg.clip_eps,
+        clip_eps_low=cfg.clip_ratio_low,
+        clip_eps_high=cfg.clip_ratio_high,
         dual_clip=cfg.dual_clip,
         kl_coef=cfg.kl_coef,
         entropy_coef=cfg.entropy_coef,
         loss_agg=cfg.loss_agg,
         ppo_epochs=cfg.ppo_epochs,
+        ppo_mini_batch_size=None if mini is None else mini // world.world_size,
         micro_batch_size=cfg.micro_batch_size,
         max_grad_norm=cfg.max_grad_norm,
+        temperature=cfg.temperature,
     )
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens,
@@ -270,10 +293,12 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             gamma=cfg.gamma,
             format_penalty=cfg.format_penalty,
             ig_turns=cfg.ig_turns,
+            ig_weight=ig_weight_at(cfg, step),
+            ig_exclude_zero=cfg.ig_exclude_zero,
         )
         dp: dict[str, Any] = {}
-        if world.enabled:  # global normaliser + summed gradients = the full-batch step
-            dp["normalizer"] = D.global_normalizer(trajs, cfg.loss_agg, world)
+        if world.enabled:  # global normalisers + summed gradients = the full-batch steps
+            dp["global_count"] = lambda count: D.all_reduce_sum(count, world)
             dp["reduce_grads"] = lambda params: D.all_reduce_grads(params, world)
         loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings, **dp)
         D.maybe_dump_trainable(policy.model, step, world)
@@ -297,7 +322,14 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             K.INFO_GAIN_S: ig_s,
             K.OLD_LOGPROBS_S: timing["old_logprobs_s"],
             K.UPDATE_S: timing["update_s"],
+            # the mechanism IGPO claims to fix: groups with no outcome signal, tokens with none
+            K.ALL_EQUAL_GROUPS: all_equal_group_share(outcome, cfg.group_size),
+            K.NONZERO_ADV_TOKENS: nonzero_token_share(
+                adv.returns, turn_token_counts(trajs, adv.returns.shape[1])
+            ),
         }
+        if cfg.algo == "igpo":
+            metrics[K.IG_WEIGHT] = ig_weight_at(cfg, step)
         if cfg.algo == "igpo":
             for k, v in enumerate(mean_ig_per_turn(adv.ig, adv.turn_mask.sum(1)).tolist()):
                 if v == v:  # not NaN
@@ -310,6 +342,12 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ("approx_kl", K.APPROX_KL),
             ("loss", K.TOTAL_LOSS),
             ("grad_norm", K.GRAD_NORM),
+            ("ratio_mean", K.RATIO_MEAN),
+            ("ratio_min", K.RATIO_MIN),
+            ("ratio_max", K.RATIO_MAX),
+            ("clipfrac_lower", K.DUAL_CLIPFRAC),
+            ("skipped_steps", K.SKIPPED_STEPS),
+            ("optimizer_steps", K.OPTIMIZER_STEPS),
         ):
             if src in loss_m:
                 metrics[dst] = loss_m[src]
@@ -364,13 +402,15 @@ def _merge_rank_metrics(
     """One step record from every rank's: rollout means averaged (equal rollouts per rank),
     loss means weighted by each rank's action tokens, throughput summed, times maxed."""
     loss_keys = [K.POLICY_LOSS, K.KL, K.ENTROPY, K.CLIPFRAC, K.APPROX_KL, K.TOTAL_LOSS]
+    loss_keys += [K.RATIO_MEAN, K.DUAL_CLIPFRAC]
     per_rank = D.all_gather_objects((metrics, loss_m.get("num_tokens", 0.0)), world)
     tokens = [t for _, t in per_rank]
     merged = D.merge_metrics(
         [m for m, _ in per_rank],
         {k: tokens for k in loss_keys},
         sum_keys=(K.TOKENS_PER_S,),
-        max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S),
+        max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S, K.RATIO_MAX, K.SKIPPED_STEPS),
+        min_keys=(K.RATIO_MIN,),
     )
     merged[K.ROLLOUTS_SEEN] = metrics[K.ROLLOUTS_SEEN]  # already global, an int
     return merged

@@ -291,3 +291,47 @@ def test_invalid_turn_leaves_the_ig_pool():
     assert adv.normalized[1].tolist()[:2] == pytest.approx([b0, b1])
     # gamma 1: A's invalid turn 0 gets what the rest of its rollout earns
     assert adv.returns[0].tolist() == pytest.approx([a1 + OUT_Z, a1 + OUT_Z, OUT_Z])
+
+
+def test_exclude_zero_ig_and_ig_weight_by_hand():
+    from igpo_agent.advantages import group_advantages
+
+    values = torch.tensor([[-2.0, -1.0], [-3.0, -3.0], [-4.0, -1.0]])  # IG 1, 0, 3
+    outcome = torch.tensor([0.5, 0.0, 1.0])
+    kw = dict(group_size=3, algo="igpo", norm="separate", gamma=1.0)
+    adv = group_advantages(values, [2, 2, 2], outcome, ig_exclude_zero=True, ig_weight=0.5, **kw)
+    z = 1 / math.sqrt(1 / 6)  # outcome pool {0.5, 0, 1}: mean 0.5, population std sqrt(1/6)
+    # IG pool without the exact 0: {1, 3} -> mean 2, std 1 -> -1, (excluded: 0), +1; x 0.5
+    torch.testing.assert_close(
+        adv.normalized[:, 0], torch.tensor([-0.5, 0.0, 0.5]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        adv.normalized[:, 1], torch.tensor([0.0, -0.5 * z, 0.5 * z]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        adv.returns[:, 0], torch.tensor([-0.5, -0.5 * z, 0.5 + 0.5 * z]), atol=1e-5, rtol=0
+    )
+    # defaults: the 0 stays in the pool {1, 0, 3}: mean 4/3
+    plain = group_advantages(values, [2, 2, 2], outcome, **kw)
+    sd = math.sqrt(((1 - 4 / 3) ** 2 + (4 / 3) ** 2 + (3 - 4 / 3) ** 2) / 3)
+    want = torch.tensor([(1 - 4 / 3) / sd, -4 / 3 / sd, (3 - 4 / 3) / sd])
+    torch.testing.assert_close(plain.normalized[:, 0], want, atol=1e-5, rtol=0)
+
+
+def test_all_equal_group_share_by_hand():
+    from igpo_agent.advantages import all_equal_group_share
+
+    outcome = torch.tensor([-2.0, -2.0, -2.0, 0.0, 0.5, 0.0, 1.0, 1.0, 1.0])
+    assert all_equal_group_share(outcome, 3) == pytest.approx(2 / 3)
+    assert all_equal_group_share(torch.tensor([0.0, 1e-12]), 2) == 1.0
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        all_equal_group_share(torch.zeros(5), 2)
+
+
+def test_nonzero_token_share_by_hand():
+    from igpo_agent.advantages import nonzero_token_share
+
+    returns = torch.tensor([[0.0, 1.5], [-0.2, 0.0]])
+    tokens = torch.tensor([[10.0, 30.0], [20.0, 0.0]])  # the last slot is padding
+    assert nonzero_token_share(returns, tokens) == pytest.approx(50 / 60)
+    assert math.isnan(nonzero_token_share(returns, torch.zeros(2, 2)))

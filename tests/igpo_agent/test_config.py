@@ -159,3 +159,22 @@ def test_auto_ig_method_is_live_on_hf_and_packed_on_vllm():
     assert resolve_ig_method(TrainConfig()) == "live"
     assert resolve_ig_method(TrainConfig(engine="vllm")) == "packed"
     assert resolve_ig_method(TrainConfig(ig_method="naive")) == "naive"
+
+
+def test_ppo_mini_batch_and_clip_validation():
+    ok = TrainConfig(group_size=4, questions_per_step=2, ppo_mini_batch_size=4, micro_batch_size=2)
+    assert ok.ppo_mini_batch_size == 4
+    with pytest.raises(ValueError, match="ppo_mini_batch_size=3 does not divide the 8"):
+        TrainConfig(group_size=4, questions_per_step=2, ppo_mini_batch_size=3, micro_batch_size=2)
+    with pytest.raises(ValueError, match="clip_ratio_low=1.5"):
+        TrainConfig(clip_ratio_low=1.5)
+    with pytest.raises(ValueError, match="kl_reference"):
+        TrainConfig(kl_reference="warm")
+
+
+def test_ig_weight_schedule():
+    from igpo_agent.train import ig_weight_at
+
+    cfg = TrainConfig(steps=5, ig_weight=1.0, ig_weight_end=0.0)
+    assert [ig_weight_at(cfg, s) for s in range(1, 6)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert ig_weight_at(TrainConfig(steps=5, ig_weight=0.3), 4) == 0.3

@@ -122,3 +122,114 @@ def test_compute_advantages_gives_ig_to_search_turns_only():
     assert every.is_ig.tolist() == [[True, True, False], [True, True, False]]
     with pytest.raises(ValueError, match="ig_turns"):
         compute_advantages(trajs, values, format_penalty=-2.0, ig_turns="some", **kw)
+
+
+def _scored(policy, envs, seed, temperature=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    trajs = rollout_batch(
+        policy.model,
+        policy.tokenizer,
+        policy_prompt_fn(policy, "tags"),
+        envs,
+        [{"index": 0}, {"index": 1}],
+        group_size=2,
+        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
+        generator=gen,
+        seed=seed,
+    )
+    values = belief_matrix(policy, trajs, "<answer>", "</answer>")
+    adv, _ = compute_advantages(
+        trajs,
+        values,
+        group_size=2,
+        algo="igpo",
+        ig_mode="log_prob_diff",
+        norm="separate",
+        gamma=1.0,
+        format_penalty=-2.0,
+        ig_turns="all",
+    )
+    return trajs, adv.returns
+
+
+def _recording_loss(monkeypatch):
+    """Wrap learner.policy_loss to record each micro-batch's metrics."""
+    import igpo_agent.learner as learner
+
+    calls = []
+    real = learner.policy_loss
+
+    def wrapped(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls.append(m)
+        return loss, m
+
+    monkeypatch.setattr(learner, "policy_loss", wrapped)
+    return calls
+
+
+def test_mini_batches_step_several_times_and_the_clip_acts(tiny_policy, envs, monkeypatch):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    assert bool(returns.abs().sum() > 0)
+    calls = _recording_loss(monkeypatch)
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=5e-2)
+    settings = LossSettings(micro_batch_size=1, ppo_mini_batch_size=2, ppo_epochs=2, kl_coef=0.0)
+    assert settings.optimizer_steps(len(trajs)) == 4
+    m, _ = policy_update(tiny_policy, opt, trajs, returns, settings)
+    assert m["optimizer_steps"] == 4 and m["skipped_steps"] == 0
+    # mini-batch 1 (micro-batches 0 and 1): the sampling policy itself, ratio 1
+    for c in calls[:2]:
+        assert abs(c["ratio_min"] - 1) < 1e-4 and abs(c["ratio_max"] - 1) < 1e-4
+    # later mini-batches see the policy after one or more steps: ratio != 1, the clip acts
+    later = calls[2:]
+    assert max(abs(c["ratio_max"] - 1) for c in later) > 0.05
+    assert max(c["clipfrac"] for c in later) > 0
+    assert m["ratio_max"] > 1.05 or m["ratio_min"] < 0.95
+    assert m["clipfrac"] > 0
+
+
+def test_one_step_keeps_ratio_one(tiny_policy, envs, monkeypatch):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    calls = _recording_loss(monkeypatch)
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=5e-2)
+    m, _ = policy_update(tiny_policy, opt, trajs, returns, LossSettings(micro_batch_size=2))
+    assert m["optimizer_steps"] == 1 and len(calls) == 2
+    assert m["ratio_min"] == 1.0 == m["ratio_max"] and m["clipfrac"] == 0.0
+
+
+def test_learner_logprobs_use_the_sampling_temperature(tiny_policy, envs):
+    from igpo_agent.learner import _logprobs
+
+    trajs, _ = _scored(tiny_policy, envs, seed=2, temperature=0.7)
+    batch = pad_batch(trajs, tiny_policy.tokenizer.pad_token_id)
+    hot = _logprobs(tiny_policy, batch, 2, 0.7)
+    raw = _logprobs(tiny_policy, batch, 2, 1.0)
+    for i, t in enumerate(trajs):
+        mask = torch.tensor(t.action_mask(), dtype=torch.bool)
+        sampled = torch.tensor(t.sample_logprobs)[mask]
+        torch.testing.assert_close(hot[i, : len(mask)][mask], sampled, atol=1e-4, rtol=0)
+    act = batch["action_mask"].clone()
+    act[:, 0] = False
+    assert float((hot[act] - raw[act]).abs().max()) > 1e-2  # T matters here
+
+
+def test_non_finite_gradient_skips_the_step(tiny_policy, envs):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    before = {n: p.detach().clone() for n, p in tiny_policy.model.named_parameters()}
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=1e-2)
+    bad = returns.clone()
+    bad[0, 0] = float("nan")  # poisons the loss of the first mini-batch only
+    settings = LossSettings(micro_batch_size=2, ppo_mini_batch_size=2, kl_coef=0.0)
+    m, _ = policy_update(tiny_policy, opt, trajs, bad, settings)
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 1
+    for n, p in tiny_policy.model.named_parameters():
+        assert torch.isfinite(p).all(), f"{n} holds a non-finite value"
+    all_bad = torch.full_like(returns, float("nan"))
+    with torch.no_grad():
+        for n, p in tiny_policy.model.named_parameters():
+            p.copy_(before[n])
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=1e-2)
+    m, _ = policy_update(tiny_policy, opt, trajs, all_bad, LossSettings(micro_batch_size=2))
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 0
+    for n, p in tiny_policy.model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed although the step was skipped"
