@@ -19,9 +19,16 @@ Outputs in ``--out``: ``igpo/`` and ``grpo/`` (the two run folders), ``learning.
 (one ``kind: "eval"`` row per evaluation point per algorithm: algo, step, rollouts_seen,
 eval_f1, eval_em, eval_format_error_rate; one ``kind: "train"`` row per training step:
 outcome_f1, format_error_rate, reward_mean, ig_turn_k), ``learning.png`` (dev F1 vs
-rollouts for both, train format-error rate vs rollouts for both, mean IG reward per turn
-index for IGPO), and a printed table: dev F1 before/final/best, format errors, wall time
-per algorithm, and the IGPO - GRPO F1 difference.
+rollouts for both with 95% CI bands, train format-error rate vs rollouts, mean IG reward
+per turn index for IGPO, and the learning-signal shares: groups whose outcomes are all
+equal and trained tokens with a non-zero advantage), and a printed table: dev F1
+before/final/best, format errors, signal shares, wall time per run, then paired 95%
+bootstrap intervals over (seed, question) pairs of (RL - warm start) per algorithm and
+(IGPO - GRPO) on the final dev F1, each with the per-seed differences.
+
+``--seeds 0 1`` runs independent seeds per arm (run dirs ``OUT/ALGO-seedS``); a study that
+can resolve a difference needs >= 256 dev questions (``--eval-questions 256``) and
+hundreds of rollouts per arm and seed.
 """
 
 from __future__ import annotations
@@ -151,6 +158,8 @@ def collect_rows(algo: str, records: list[dict[str, Any]]) -> list[dict[str, Any
                     "outcome_f1": rec.get(K.OUTCOME_F1),
                     "format_error_rate": rec.get(K.FORMAT_ERROR_RATE),
                     "reward_mean": rec.get(K.REWARD_MEAN),
+                    "all_equal_groups": rec.get(K.ALL_EQUAL_GROUPS),
+                    "nonzero_adv_tokens": rec.get(K.NONZERO_ADV_TOKENS),
                     "ig_turn": {str(k): v for k, v in ig_turns(rec).items()},
                     "step_s": rec.get(K.STEP_S),
                 }
@@ -165,6 +174,7 @@ def collect_rows(algo: str, records: list[dict[str, Any]]) -> list[dict[str, Any
                     "eval_f1": rec[K.EVAL_F1],
                     "eval_em": rec.get(K.EVAL_EM),
                     "eval_format_error_rate": rec.get(K.EVAL_FORMAT_ERROR_RATE),
+                    "eval_f1_ci": [rec.get(K.EVAL_F1_CI_LOW), rec.get(K.EVAL_F1_CI_HIGH)],
                 }
             )
     return rows
@@ -177,6 +187,11 @@ def summarize_arm(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     if not evals:
         raise ValueError("the run logged no evaluation: pass --eval-questions > 0")
     fmt = [r["format_error_rate"] for r in train if r["format_error_rate"] is not None]
+
+    def mean_of(key: str) -> float:
+        xs = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+        return sum(xs) / len(xs) if xs else float("nan")
+
     return {
         "rollouts": train[-1]["rollouts_seen"] if train else 0,
         "f1_before": evals[0]["eval_f1"],
@@ -184,25 +199,109 @@ def summarize_arm(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         "f1_best": max(r["eval_f1"] for r in evals),
         "eval_fmt_final": evals[-1]["eval_format_error_rate"],
         "train_fmt_mean": sum(fmt) / len(fmt) if fmt else float("nan"),
+        "all_equal_groups": mean_of("all_equal_groups"),
+        "nonzero_adv_tokens": mean_of("nonzero_adv_tokens"),
         "wall_s": wall,
     }
+
+
+def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> list[str]:
+    """Paired 95% bootstrap intervals from the runs' per-question eval records.
+
+    ``runs``: name -> (algo, seed, run dir). Items are (seed, question) pairs: (RL - warm
+    start) per algo pairs each run's final eval with its own step-0 eval; (IGPO - GRPO)
+    pairs the two algos' final evals of the same seed. Per-seed differences are listed
+    too, since pooling resamples questions, not training runs.
+    """
+    from igpo_agent.run_summary import read_eval_records
+    from igpo_agent.stats import paired_diff_ci
+
+    lines: list[str] = []
+    finals: dict[tuple[str, Any], dict[str, float]] = {}
+    for algo in ALGOS:
+        a, b, per_seed = [], [], []
+        for al, seed, run in runs.values():
+            if al != algo:
+                continue
+            before = read_eval_records(run, "step-0")
+            after = read_eval_records(run, f"step-{steps}")
+            if not before or not after:
+                continue
+            f0 = {r["qid"]: r["f1"] for r in before}
+            f1 = {r["qid"]: r["f1"] for r in after}
+            finals[(algo, seed)] = f1
+            qids = [q for q in f1 if q in f0]
+            a += [f0[q] for q in qids]
+            b += [f1[q] for q in qids]
+            per_seed.append(
+                f"{100 * (sum(b[-len(qids) :]) - sum(a[-len(qids) :])) / len(qids):+.1f}"
+            )
+        if a:
+            d = paired_diff_ci(a, b)
+            lines.append(
+                f"{algo} - warm start, dev F1: {d.fmt()} over {d.n} (seed, question) pairs; "
+                f"per seed {', '.join(per_seed)}"
+            )
+    seeds = sorted(
+        {s for (al, s) in finals if al == "igpo"} & {s for (al, s) in finals if al == "grpo"},
+        key=str,
+    )
+    a, b, per_seed = [], [], []
+    for seed in seeds:
+        g, i = finals[("grpo", seed)], finals[("igpo", seed)]
+        qids = [q for q in i if q in g]
+        a += [g[q] for q in qids]
+        b += [i[q] for q in qids]
+        per_seed.append(f"{100 * sum(i[q] - g[q] for q in qids) / max(len(qids), 1):+.1f}")
+    if a:
+        d = paired_diff_ci(a, b)
+        verdict = "resolved" if d.excludes_zero() else "not resolved at this size"
+        lines.append(
+            f"IGPO - GRPO, final dev F1: {d.fmt()} over {d.n} pairs ({verdict}); "
+            f"per seed {', '.join(per_seed)}"
+        )
+    return lines
 
 
 def plot_learning(rows: list[dict[str, Any]], out_png: Path) -> Path:
     """Three panels: dev F1 vs rollouts (both arms), train format-error rate vs rollouts
     (both arms), mean IG reward per turn index over IGPO's steps."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    algos = sorted({r["algo"] for r in rows}, key=lambda a: ALGOS.index(a) if a in ALGOS else 9)
-    for algo in algos:
-        ev = [r for r in rows if r["algo"] == algo and r["kind"] == "eval"]
-        tr = [r for r in rows if r["algo"] == algo and r["kind"] == "train"]
-        axes[0].plot(
-            [r["rollouts_seen"] for r in ev], [r["eval_f1"] for r in ev], marker="o", label=algo
-        )
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    names = sorted({(r["algo"], str(r.get("seed"))) for r in rows})
+    for algo, seed in names:
+        label = algo if seed == "None" else f"{algo} seed {seed}"
+        mine = [r for r in rows if r["algo"] == algo and str(r.get("seed")) == seed]
+        ev = [r for r in mine if r["kind"] == "eval"]
+        tr = [r for r in mine if r["kind"] == "train"]
+        xs = [r["rollouts_seen"] for r in ev]
+        (line,) = axes[0].plot(xs, [r["eval_f1"] for r in ev], marker="o", label=label)
+        ci = [r.get("eval_f1_ci") or [None, None] for r in ev]
+        if ci and all(c[0] is not None and c[1] is not None for c in ci):
+            axes[0].fill_between(
+                xs, [c[0] for c in ci], [c[1] for c in ci], color=line.get_color(), alpha=0.15
+            )
         pts = [(r["rollouts_seen"], r["format_error_rate"]) for r in tr]
         pts = [p for p in pts if p[1] is not None]
-        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=algo)
-    axes[0].set(title="dev F1 (greedy) vs rollouts seen", xlabel="rollouts seen", ylabel="F1")
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        for key, style in (("all_equal_groups", "-"), ("nonzero_adv_tokens", "--")):
+            pts = [(r["rollouts_seen"], r.get(key)) for r in tr]
+            pts = [p for p in pts if isinstance(p[1], (int, float))]
+            if pts:
+                axes[3].plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    color=line.get_color(),
+                    label=f"{label}: {key.replace('_', ' ')}",
+                )
+    axes[0].set(
+        title="dev F1 (greedy, 95% CI band) vs rollouts", xlabel="rollouts seen", ylabel="F1"
+    )
+    axes[3].set(
+        title="signal: all-equal groups (-), non-zero adv. tokens (--)",
+        xlabel="rollouts seen",
+        ylabel="share",
+    )
     axes[1].set(title="train format-error rate vs rollouts", xlabel="rollouts seen", ylabel="rate")
     ig = [r for r in rows if r["kind"] == "train" and r["ig_turn"]]
     turns = sorted({int(k) for r in ig for k in r["ig_turn"]})
@@ -232,6 +331,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=2, help="dev evaluation every N steps")
     p.add_argument("--eval-questions", type=int, default=16, help="dev questions per eval")
     p.add_argument("--seed", type=int, default=None, help="seed for both arms (default: config)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="several independent runs per arm (run dirs OUT/ALGO-seedS); overrides --seed",
+    )
     p.add_argument("--out", default="runs/learning", help="output folder")
     p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     p.add_argument("--quiet", action="store_true", help="hide the trainers' own output")
@@ -244,10 +350,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny random model, tiny_test config")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more trainer flags")
     return p.parse_args(argv)
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,34 +391,41 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, Any]] = {}
     if args.parallel and "--threads" not in extra:
         extra += ["--threads", str(max(1, (os.cpu_count() or 1) // len(args.algos)))]
+    seeds: list[Any] = list(args.seeds) if args.seeds else [args.seed]
+    runs: dict[str, tuple[str, Any, Path]] = {}
+    for seed in seeds:
+        for algo in args.algos:
+            name = algo if len(seeds) == 1 else f"{algo}-seed{seed}"
+            runs[name] = (algo, seed, out / name)
     cmds = {
-        algo: train_command(
+        name: train_command(
             algo,
             config=config,
-            run_dir=out / algo,
+            run_dir=run_dir,
             steps=args.steps,
             eval_every=args.eval_every,
             eval_questions=args.eval_questions,
             init_adapter=init_adapter,
-            seed=args.seed,
+            seed=seed,
             extra=extra,
         )
-        for algo in args.algos
+        for name, (algo, seed, run_dir) in runs.items()
     }
     try:
         if args.parallel:
-            for algo, cmd in cmds.items():
-                print(f"=== {algo} (parallel, log {out / (algo + '.log')}): {' '.join(cmd[1:])}")
+            for name, cmd in cmds.items():
+                print(f"=== {name} (parallel, log {out / (name + '.log')}): {' '.join(cmd[1:])}")
             walls = run_arms_parallel(cmds, out)
         else:
             walls = {}
-            for algo, cmd in cmds.items():
-                print(f"\n=== {algo}: {' '.join(cmd[1:])}", flush=True)
-                walls[algo] = run_arm(cmd, quiet=args.quiet)
-        for algo in args.algos:
-            arm = collect_rows(algo, K.read_metrics(out / algo))
+            for name, cmd in cmds.items():
+                print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+                walls[name] = run_arm(cmd, quiet=args.quiet)
+        for name, (algo, seed, run_dir) in runs.items():
+            arm = [{**r, "seed": seed} for r in collect_rows(algo, K.read_metrics(run_dir))]
             rows += arm
-            summary[algo] = summarize_arm(arm, walls[algo])
+            summary[name] = summarize_arm(arm, walls[name])
+        comparisons = paired_comparisons(runs, args.steps)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -335,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         ("f1_best", "dev F1 best"),
         ("eval_fmt_final", "dev fmt-err final"),
         ("train_fmt_mean", "train fmt-err mean"),
+        ("all_equal_groups", "all-equal groups"),
+        ("nonzero_adv_tokens", "non-zero adv tokens"),
         ("wall_s", "wall s"),
     ]
     print()
@@ -342,13 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         ["algo", *(h for _, h in cols)],
         [[a, *(s[k] for k, _ in cols)] for a, s in summary.items()],
     )
-    if "igpo" in summary and "grpo" in summary:
-        i, g = summary["igpo"], summary["grpo"]
-        print(
-            f"IGPO - GRPO dev F1: final {_fmt(i['f1_final'] - g['f1_final'])}, "
-            f"best {_fmt(i['f1_best'] - g['f1_best'])} "
-            f"({args.eval_questions} dev questions, {i['rollouts']} rollouts each)"
-        )
+    print("\n95% paired bootstrap intervals (F1 points):")
+    for line in comparisons or ["(no per-question eval records to pair)"]:
+        print("  " + line)
     print(f"wrote {out / 'learning.jsonl'} ({len(rows)} rows) and {png}")
     return 0
 

@@ -55,6 +55,13 @@ class TrainConfig:
     device: str = _f("auto", "run", "auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps.")
     dtype: str = _f("auto", "run", "auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16.")
     threads: int | None = _f(None, "run", "torch CPU threads; none = all physical cores.")
+    autocast: str = _f(
+        "auto",
+        "run",
+        "Autocast dtype of the update's forward passes (pi_old, reference, policy): auto (bf16 "
+        "on fp32 weights when the CPU/GPU computes bf16 natively), bfloat16, float32 (off). "
+        "The loss and log-softmax stay fp32; rollouts and IG scoring never autocast.",
+    )
     # --- model ---
     model: str = _f(
         "smollm2-135m-instruct", "model", "Model name known offline or a local HF model folder."
@@ -250,6 +257,7 @@ def validate(cfg: TrainConfig) -> list[str]:
         ("lr_schedule", LR_SCHEDULES),
         ("dtype", DTYPES),
         ("kl_reference", KL_REFERENCES),
+        ("autocast", ("auto", "float32", "bfloat16")),
     ]:
         choice(name, allowed)
     if cfg.ig_method == "live" and cfg.engine != "hf":

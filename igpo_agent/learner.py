@@ -15,6 +15,7 @@ model (:mod:`policy`, :mod:`info_gain`). IGPO_SPEC "Turn reward", "Advantage", "
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ class LossSettings:
     micro_batch_size: int = 4
     max_grad_norm: float = 1.0
     temperature: float = 1.0  # the sampling temperature: learner log-probs use logits / T
+    autocast: torch.dtype | None = None  # e.g. bf16: forwards under autocast, loss in fp32
 
     def mini_batches(self, n: int) -> list[slice]:
         """The optimiser steps of one epoch over ``n`` trajectories (adjacent rows each)."""
@@ -178,16 +180,28 @@ def _trim(batch: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
     return {k: v[sl, :width] for k, v in batch.items()}
 
 
+def _autocast(policy: Any, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` on the policy's device type, or a no-op without a dtype."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=policy.device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def _logprobs(
-    policy: Any, batch: dict[str, torch.Tensor], size: int, temperature: float
+    policy: Any,
+    batch: dict[str, torch.Tensor],
+    size: int,
+    temperature: float,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
     for sl in _micro_batches(batch["input_ids"].shape[0], size):
         mb = _trim(batch, sl)
-        lp, _ = policy.action_logprobs(
-            mb["input_ids"], mb["attention_mask"], mb["action_mask"], temperature=temperature
-        )
+        with _autocast(policy, autocast):
+            lp, _ = policy.action_logprobs(
+                mb["input_ids"], mb["attention_mask"], mb["action_mask"], temperature=temperature
+            )
         out[sl, : lp.shape[1]] = lp.float().cpu()
     return out
 
@@ -239,11 +253,12 @@ def policy_update(
     mbs = settings.micro_batch_size
     t0 = time.perf_counter()
     n_steps = settings.optimizer_steps(len(trajs))
-    old = _logprobs(policy, batch, mbs, temp) if n_steps > 1 else None
+    cast = settings.autocast
+    old = _logprobs(policy, batch, mbs, temp, cast) if n_steps > 1 else None
     ref = None
     if settings.kl_coef > 0:
         with policy.reference():
-            ref = _logprobs(policy, batch, mbs, temp)
+            ref = _logprobs(policy, batch, mbs, temp, cast)
     timings["old_logprobs_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -268,13 +283,14 @@ def policy_update(
                 if not bool(mb["action_mask"].any()):
                     continue
                 width = mb["input_ids"].shape[1]
-                logp, ent = policy.action_logprobs(
-                    mb["input_ids"],
-                    mb["attention_mask"],
-                    mb["action_mask"],
-                    with_entropy=settings.entropy_coef > 0,
-                    temperature=temp,
-                )
+                with _autocast(policy, cast):
+                    logp, ent = policy.action_logprobs(
+                        mb["input_ids"],
+                        mb["attention_mask"],
+                        mb["action_mask"],
+                        with_entropy=settings.entropy_coef > 0,
+                        temperature=temp,
+                    )
                 dev = logp.device
                 old_lp = logp.detach() if old is None else old[rows, :width].to(dev)
                 loss, m = policy_loss(

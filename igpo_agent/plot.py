@@ -36,13 +36,30 @@ class Panel:
     title: str
     keys: tuple[str, ...]
     ylabel: str = ""
+    smooth: bool = False  # per-step rollout statistics: draw a rolling mean over the raw points
 
 
 PANELS = (
-    Panel("reward", "Training reward", (lu.OUTCOME_F1, lu.REWARD_MEAN), "per rollout"),
-    Panel("eval", "Evaluation", (lu.EVAL_F1, lu.EVAL_EM, lu.EVAL_COVER_EM), "score"),
-    Panel("format", "Format errors", (lu.FORMAT_ERROR_RATE, lu.EVAL_FORMAT_ERROR_RATE), "rate"),
-    Panel("turns", "Turns per episode", (lu.TURNS_PER_EPISODE, lu.SEARCHES_PER_EPISODE), ""),
+    Panel("reward", "Training reward", (lu.OUTCOME_F1, lu.REWARD_MEAN), "per rollout", True),
+    Panel(
+        "eval", "Greedy evaluation (95% CI)", (lu.EVAL_F1, lu.EVAL_EM, lu.EVAL_COVER_EM), "score"
+    ),
+    Panel(
+        "format",
+        "Format errors (eval: 95% CI)",
+        (lu.FORMAT_ERROR_RATE, lu.EVAL_FORMAT_ERROR_RATE),
+        "rate",
+        True,
+    ),
+    Panel("turns", "Turns per episode", (lu.TURNS_PER_EPISODE, lu.SEARCHES_PER_EPISODE), "", True),
+    Panel(
+        "signal",
+        "Where the learning signal is",
+        (lu.ALL_EQUAL_GROUPS, lu.NONZERO_ADV_TOKENS),
+        "share",
+        True,
+    ),
+    Panel("ratio", "PPO ratio pi / pi_old", (lu.RATIO_MIN, lu.RATIO_MEAN, lu.RATIO_MAX), ""),
     Panel("ig", "Information gain per turn", (), "mean IG"),  # keys found at run time
     Panel("kl", "KL", (lu.KL, lu.APPROX_KL), "nats"),
     Panel("entropy", "Entropy", (lu.ENTROPY,), "nats / token"),
@@ -50,6 +67,35 @@ PANELS = (
     Panel("loss", "Policy loss", (lu.POLICY_LOSS,), ""),
     Panel("time", "Time per step (stacked)", lu.TIME_SPLIT_KEYS, "seconds"),
 )
+
+
+ERROR_BARS = {
+    lu.EVAL_F1: (lu.EVAL_F1_CI_LOW, lu.EVAL_F1_CI_HIGH),
+    lu.EVAL_FORMAT_ERROR_RATE: (lu.EVAL_FORMAT_CI_LOW, lu.EVAL_FORMAT_CI_HIGH),
+}
+"""Metrics drawn with their 95% interval as error bars: key -> (low key, high key)."""
+
+
+def smoothing_window(n: int) -> int:
+    """Steps in the rolling mean of an ``n``-step series: about a quarter of the run,
+    between 2 and 10; 1 (no smoothing) below 4 steps."""
+    return 1 if n < 4 else max(2, min(10, round(n / 4)))
+
+
+def rolling_mean(ys: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start).
+
+    Naive equivalent: ``[mean(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def series(records: Sequence[dict[str, Any]]) -> Series:
@@ -97,7 +143,26 @@ def _draw(ax: Any, panel: Panel, data: Series, keys: list[str]) -> None:
         for k in keys:
             xs, ys = data[k]
             marker = "o" if len(xs) < 30 else None
-            ax.plot(xs, ys, marker=marker, markersize=3, label=_label(k))
+            w = smoothing_window(len(xs)) if panel.smooth and not k.startswith("eval/") else 1
+            if k in ERROR_BARS and all(b in data for b in ERROR_BARS[k]):
+                lo = dict(zip(*data[ERROR_BARS[k][0]], strict=True))
+                hi = dict(zip(*data[ERROR_BARS[k][1]], strict=True))
+                err = [
+                    [y - lo.get(x, y) for x, y in zip(xs, ys, strict=True)],
+                    [hi.get(x, y) - y for x, y in zip(xs, ys, strict=True)],
+                ]
+                ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=4, label=_label(k))
+            elif w > 1:
+                (line,) = ax.plot(xs, ys, marker=marker, markersize=2, alpha=0.3, linewidth=0.8)
+                ax.plot(
+                    xs,
+                    rolling_mean(ys, w),
+                    color=line.get_color(),
+                    linewidth=2,
+                    label=f"{_label(k)} (mean of {w} steps)",
+                )
+            else:
+                ax.plot(xs, ys, marker=marker, markersize=3, label=_label(k))
     if panel.name == "ig":
         ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_title(panel.title)

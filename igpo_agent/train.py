@@ -40,10 +40,12 @@ from igpo_agent.learner import (
     turn_token_counts,
 )
 from igpo_agent.live_belief import recorded_belief_values
-from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads
+from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
 from igpo_agent.rewards import mean_ig_per_turn
 from igpo_agent.rollout import RolloutStats
+from igpo_agent.run_summary import episode_record, run_summary, write_eval_records
 from igpo_agent.sampling import GenerationSettings
+from igpo_agent.stats import mean_ci, wilson_ci
 
 
 class QuestionSampler:
@@ -112,23 +114,40 @@ def ig_weight_at(cfg: TrainConfig, step: int) -> float:
 
 def run_eval(
     policy: Policy, cfg: TrainConfig, envs: list, label: str, engine: Any = None
-) -> dict[str, float]:
-    """Greedy episodes on the fixed eval subset; prints the table, returns eval metrics."""
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy episodes on the fixed eval subset; prints the table with 95% intervals.
+
+    Returns the eval metrics and one record per question (qid, f1, em, format_ok, ...),
+    which the run keeps in ``RUN_DIR/eval/`` so that before and after can be compared
+    question by question (:func:`igpo_agent.stats.paired_diff_ci`).
+    """
     idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_context=cfg.max_context
     )
     trajs = evaluate_policy(
-        policy, envs, idx, settings=settings, protocol=cfg.protocol, engine=engine
+        policy, envs, idx, settings=settings, protocol=cfg.protocol, engine=engine, progress=label
     )
     res = summarize(trajs, trajs[0].dataset or "eval")
-    print(f"\n[{label}] {res.n} eval questions from {cfg.eval_qa}\n{results_table([res])}\n")
-    return {
+    records = [episode_record(t) for t in trajs]
+    f1 = mean_ci([r["f1"] for r in records])
+    fmt = wilson_ci(sum(not r["format_ok"] for r in records), len(records))
+    print(
+        f"\n[{label}] {res.n} eval questions from {cfg.eval_qa}\n{results_table([res])}\n"
+        f"F1 {f1.fmt()}, format errors {fmt.fmt()} (%, 95% intervals: bootstrap / Wilson)\n"
+    )
+    metrics = {
         K.EVAL_F1: res.f1,
         K.EVAL_EM: res.em,
         K.EVAL_COVER_EM: res.cover_em,
         K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+        K.EVAL_N: float(res.n),
+        K.EVAL_F1_CI_LOW: f1.low,
+        K.EVAL_F1_CI_HIGH: f1.high,
+        K.EVAL_FORMAT_CI_LOW: fmt.low,
+        K.EVAL_FORMAT_CI_HIGH: fmt.high,
     }
+    return metrics, records
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
@@ -205,7 +224,10 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         micro_batch_size=cfg.micro_batch_size,
         max_grad_norm=cfg.max_grad_norm,
         temperature=cfg.temperature,
+        autocast=resolve_autocast(cfg.autocast, policy.device, policy.dtype),
     )
+    if world.is_main and loss_settings.autocast is not None:
+        print(f"update forwards under {loss_settings.autocast} autocast (--autocast float32: off)")
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -250,7 +272,8 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     last: dict[str, float] = {}
     if cfg.eval_questions != 0 and start == 0:
         if eval_envs:
-            last = run_eval(policy, cfg, eval_envs, "before training", engine)
+            last, before = run_eval(policy, cfg, eval_envs, "before training", engine)
+            write_eval_records(cfg.run_dir, "step-0", before)
             logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
         D.barrier(world)  # the other ranks wait for rank 0's evaluation
 
@@ -359,7 +382,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         if cfg.eval_questions != 0 and cfg.eval_every and step % cfg.eval_every == 0:
             if step < cfg.steps:
                 if eval_envs:
-                    metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", engine))
+                    ev, recs = run_eval(policy, cfg, eval_envs, f"step {step}", engine)
+                    write_eval_records(cfg.run_dir, f"step-{step}", recs)
+                    metrics.update(ev)
                 D.barrier(world)
         metrics[K.STEP_S] = time.perf_counter() - t_step
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -383,11 +408,15 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
 
     if cfg.eval_questions != 0 and cfg.steps > start:
         if eval_envs:
-            final_eval = run_eval(policy, cfg, eval_envs, "after training", engine)
+            final_eval, after = run_eval(policy, cfg, eval_envs, "after training", engine)
+            write_eval_records(cfg.run_dir, f"step-{cfg.steps}", after)
             logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
             last = {**last, **final_eval}
         D.barrier(world)
     if world.is_main:
+        summary = run_summary(cfg.run_dir, cfg.steps)
+        if summary:
+            print(summary)
         out = policy.save(f"{cfg.run_dir}/final")
         print(f"saved the trained policy to {out}; metrics in {cfg.run_dir}/metrics.jsonl")
     logger.close()

@@ -85,7 +85,11 @@ def test_learning_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str], para
         assert all(0.0 <= r["eval_f1"] <= 1.0 for r in evals)
         assert all(r["ig_turn"] for r in train) == (algo == "igpo")  # GRPO logs no IG
         assert any(line.startswith(f"{algo}  4 ") for line in text.splitlines())
-    assert "IGPO - GRPO dev F1: final" in text
+    assert "IGPO - GRPO, final dev F1:" in text and "over 2 pairs" in text  # 2 questions
+    assert "igpo - warm start, dev F1:" in text and "grpo - warm start, dev F1:" in text
+    for algo in ("igpo", "grpo"):  # the paired intervals come from per-question records
+        assert (out / algo / "eval" / "step-0.jsonl").is_file()
+        assert (out / algo / "eval" / "step-2.jsonl").is_file()
     png = out / "learning.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size > 10_000  # three drawn panels, not an empty canvas
+    assert png.stat().st_size > 10_000  # four drawn panels, not an empty canvas
