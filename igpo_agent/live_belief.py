@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from igpo_agent.info_gain import GoldSpec
+from igpo_agent.models import with_cache
 
 __all__ = ["recorded_belief_values", "score_on_cache"]
 
@@ -78,7 +79,7 @@ def score_on_cache(
             input_ids=ids.to(device),
             attention_mask=torch.cat([mask, wmask.to(device)], dim=1),
             position_ids=pos.to(device),
-            past_key_values=kv,
+            **with_cache(kv),
             use_cache=True,
         )
         wrap_logits = out.logits  # (B, width, V)

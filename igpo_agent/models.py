@@ -13,6 +13,7 @@ Writes are atomic (temporary folder + rename) so concurrent processes may conver
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -241,3 +242,27 @@ def build_bpe_tokenizer(
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token)
+
+
+@functools.cache
+def cache_arg_name() -> str:
+    """The name transformers gives the KV cache, as a forward argument and an output field.
+
+    ``cache`` since transformers 5.2x (``past_key_values`` is deprecated there, removal
+    announced for 5.40); ``past_key_values`` in the earlier 5.x releases (the vLLM
+    environment pins one). Read from ``CausalLMOutputWithPast``'s fields, once.
+    """
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    fields = getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+    return "cache" if "cache" in fields else "past_key_values"
+
+
+def with_cache(kv: Any) -> dict[str, Any]:
+    """``{name: kv}`` to pass a KV cache to a model's forward under either name."""
+    return {cache_arg_name(): kv}
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` or ``out.past_key_values``)."""
+    return getattr(out, cache_arg_name())

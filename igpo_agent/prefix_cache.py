@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from igpo_agent.models import returned_cache, with_cache
 from igpo_agent.sampling import EpisodeCache, TurnStats, cache_is_reusable, extract_row
 
 __all__ = ["shared_prefill"]
@@ -51,11 +52,11 @@ def shared_prefill(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=pos.to(device),
-        past_key_values=DynamicCache(),
+        **with_cache(DynamicCache()),
         use_cache=True,
         logits_to_keep=1,
     )
-    kv = out.past_key_values
+    kv = returned_cache(out)
     if stats is not None:
         stats.forward_calls += 1
         stats.prefill_tokens += int(mask.sum())

@@ -42,6 +42,7 @@ from transformers.cache_utils import DynamicLayer
 
 from igpo_agent.info_gain import GoldSpec
 from igpo_agent.live_belief import score_on_cache
+from igpo_agent.models import returned_cache, with_cache
 
 __all__ = [
     "EpisodeCache",
@@ -369,11 +370,11 @@ def generate_turn(
         input_ids=input_ids.to(device),
         attention_mask=mask,
         position_ids=positions.to(device),
-        past_key_values=kv,
+        **with_cache(kv),
         use_cache=True,
         logits_to_keep=1,
     )
-    kv = out.past_key_values
+    kv = returned_cache(out)
     stats.forward_calls += 1
     stats.prefill_tokens += sum(n_new)
     stats.batch_sizes.append(bsz)
@@ -443,10 +444,10 @@ def generate_turn(
             input_ids=new_tok[:, None].to(device),
             attention_mask=mask,
             position_ids=next_pos[:, None].to(device),
-            past_key_values=kv,
+            **with_cache(kv),
             use_cache=True,
         )
-        kv = out.past_key_values
+        kv = returned_cache(out)
         next_pos = next_pos + 1
         stats.forward_calls += 1
         stats.decode_rows += len(rows)

@@ -149,3 +149,13 @@ def test_cli_module(tmp_path):
         timeout=60,
     )
     assert res.returncode == 1 and "no metrics file" in res.stderr
+
+
+def test_rolling_mean_and_window():
+    from igpo_agent.plot import rolling_mean, smoothing_window
+
+    ys = [1.0, 3.0, 2.0, 6.0]
+    naive = [sum(ys[max(0, i - 1) : i + 1]) / len(ys[max(0, i - 1) : i + 1]) for i in range(4)]
+    assert rolling_mean(ys, 2) == naive == [1.0, 2.0, 2.5, 4.0]
+    assert rolling_mean(ys, 1) == ys
+    assert [smoothing_window(n) for n in (3, 4, 8, 20, 100)] == [1, 2, 2, 5, 10]
