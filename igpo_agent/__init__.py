@@ -1,4 +1,4 @@
-"""igpo_agent: the IGPO learner (see ../shared/IGPO_SPEC.md and the README).
+"""igpo_agent: the IGPO learner (the algorithm: docs/ALGORITHM.md; usage: the README).
 
 Importing the package sets torch's threading policy before torch loads: on small CPU
 machines the default busy-waiting OpenMP policy makes generation ~30x slower.

@@ -1,32 +1,36 @@
-"""Serve a local retrieval backend over Search-R1's ``/retrieve`` protocol.
+"""Serve a local retrieval backend over Search-R1's ``/retrieve`` protocol (FastAPI + uvicorn).
 
 ``python -m igpo_env.serve --retriever bm25 --corpus default --port 8000`` lets many training
 processes share one index (point them at it with ``make_retriever("http", url=...)``).
 
 - ``POST /retrieve`` ``{"queries": [...], "topk": k, "return_scores": bool}`` ->
   ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (bare documents
-  when ``return_scores`` is false, as in Search-R1).
-- ``GET /health`` -> ``{"status": "ok", "retriever": name, "queued": n}``.
+  when ``return_scores`` is false, as in Search-R1, whose retrieval server is also FastAPI).
+- ``GET /health`` -> ``{"status": "ok", "retriever": name, "queued": n, "batches": n}``.
+- ``GET /docs``: the OpenAPI page (``/openapi.json``: the schema).
 
-Concurrent requests are batched: a batcher thread gathers what arrives within
-``batch_wait_ms`` and calls ``search`` once per distinct ``k``. Malformed or oversized
-requests get a 4xx with ``{"error": "..."}`` and the server stays up. It binds to
-127.0.0.1 unless told otherwise: there is no authentication.
+Concurrent requests are batched: an asyncio task gathers what arrives within
+``batch_wait_ms`` and calls ``search`` once per distinct ``k``, in a worker thread so the
+event loop keeps accepting connections. Requests are validated by a pydantic model; a bad
+field, malformed JSON, non-UTF-8 bytes or an oversized body gets a 4xx whose
+``{"error": "..."}`` names what was wrong, and the server answers the next request. uvicorn
+listens with a deep backlog (the standard library's server, this module's earlier form,
+listened with 5 and reset connections under bursts). It binds to 127.0.0.1 unless told
+otherwise: there is no authentication. SIGTERM/SIGINT shut it down cleanly (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import queue
+import asyncio
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
+from igpo_env.batching import Batcher
 from igpo_env.retrievers.base import Hit, Retriever
 
 
@@ -46,6 +50,8 @@ class ServeLimits:
     """How long the batcher waits for more requests after the first one arrives."""
     max_batch_queries: int = 1024
     """Stop gathering once a batch holds this many queries."""
+    backlog: int = 2048
+    """Pending connections the listening socket holds (the OS may cap it: somaxconn)."""
 
     def __post_init__(self) -> None:
         for name in ("max_queries", "max_k", "max_body_bytes", "max_query_chars"):
@@ -53,47 +59,6 @@ class ServeLimits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
-
-
-class RequestError(Exception):
-    """A request the server refuses: ``status`` is the HTTP code, the message says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_retrieve_request(body: bytes, limits: ServeLimits) -> tuple[list[str], int, bool]:
-    """Validate a ``/retrieve`` body into ``(queries, topk, return_scores)`` or raise RequestError."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"body is not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RequestError(400, "body must be a JSON object with a 'queries' list")
-    queries = data.get("queries")
-    if not isinstance(queries, list):
-        raise RequestError(400, "'queries' must be a list of strings")
-    if len(queries) > limits.max_queries:
-        raise RequestError(
-            413, f"too many queries ({len(queries)} > {limits.max_queries}); split the batch"
-        )
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise RequestError(400, f"queries[{i}] must be a string, got {type(q).__name__}")
-        if len(q) > limits.max_query_chars:
-            raise RequestError(
-                400, f"queries[{i}] is {len(q)} characters; the limit is {limits.max_query_chars}"
-            )
-    k = data.get("topk", 3)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise RequestError(400, f"'topk' must be an integer, got {k!r:.40}")
-    if not 1 <= k <= limits.max_k:
-        raise RequestError(400, f"'topk' must be between 1 and {limits.max_k}, got {k}")
-    scores = data.get("return_scores", False)
-    if not isinstance(scores, bool):
-        raise RequestError(400, f"'return_scores' must be true or false, got {scores!r:.40}")
-    return queries, k, scores
 
 
 def hits_payload(hits: list[Hit], return_scores: bool) -> list[dict[str, Any]]:
@@ -104,154 +69,171 @@ def hits_payload(hits: list[Hit], return_scores: bool) -> list[dict[str, Any]]:
     return [{"document": d, "score": h.score} for d, h in zip(docs, hits, strict=True)]
 
 
-@dataclass
-class _Job:
-    queries: list[str]
-    k: int
-    done: threading.Event = field(default_factory=threading.Event)
-    result: list[list[Hit]] | None = None
-    error: BaseException | None = None
+def _limit_body(app: Any, max_bytes: int) -> Any:
+    """ASGI middleware: a body over ``max_bytes`` (declared or streamed) gets a 413 unread;
+    POST bodies are read as JSON whatever their Content-Type."""
+    import json
 
+    async def reply(send: Any, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-class Batcher:
-    """One thread that owns the retriever and answers queued jobs in gathered batches."""
-
-    def __init__(self, retriever: Retriever, limits: ServeLimits) -> None:
-        self.retriever = retriever
-        self.limits = limits
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.batches = 0
-        self._thread = threading.Thread(target=self._loop, name="retrieve-batcher", daemon=True)
-        self._thread.start()
-
-    def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """Queue one request and wait for its hits (re-raising the backend's error)."""
-        if not queries:
-            return []
-        job = _Job(queries, k)
-        self.jobs.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
-
-    def _gather(self, first: _Job) -> list[_Job]:
-        batch, total = [first], len(first.queries)
-        deadline = time.monotonic() + self.limits.batch_wait_ms / 1000
-        while total < self.limits.max_batch_queries:
-            remaining = deadline - time.monotonic()
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        # the body is JSON whatever its Content-Type says (curl -d sends a form type; the
+        # earlier server and Search-R1 clients never relied on it)
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
             try:
-                job = self.jobs.get(timeout=remaining) if remaining > 0 else self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self.jobs.put(None)  # stop after this batch
-                break
-            batch.append(job)
-            total += len(job.queries)
-        return batch
-
-    def _loop(self) -> None:
-        while True:
-            first = self.jobs.get()
-            if first is None:
+                n = int(declared)
+            except ValueError:
+                await reply(send, 400, f"bad Content-Length {declared[:40]!r}")
                 return
-            batch = self._gather(first)
-            by_k: dict[int, list[_Job]] = {}
-            for job in batch:
-                by_k.setdefault(job.k, []).append(job)
-            for k, jobs in by_k.items():
-                try:
-                    flat = [q for job in jobs for q in job.queries]
-                    hits = self.retriever.search(flat, k)
-                    self.batches += 1
-                    pos = 0
-                    for job in jobs:
-                        job.result = hits[pos : pos + len(job.queries)]
-                        pos += len(job.queries)
-                except Exception as exc:  # noqa: BLE001  (handed to every waiting request)
-                    for job in jobs:
-                        job.error = exc
-                for job in jobs:
-                    job.done.set()
+            if n > max_bytes:
+                await reply(send, 413, f"body of {n} bytes exceeds the limit of {max_bytes}")
+                return
+        chunks, seen = [], 0  # read it all here (chunked bodies declare no length), capped
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > max_bytes:
+                await reply(send, 413, f"body of {seen}+ bytes exceeds the limit of {max_bytes}")
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
 
-    def close(self) -> None:
-        """Finish queued work, then stop the thread."""
-        self.jobs.put(None)
-        self._thread.join(timeout=10)
+        async def replay() -> Any:
+            nonlocal sent
+            if sent:
+                return await receive()  # http.disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return middleware
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # seconds a client may take to send its request
-    server: RetrievalServer
+def create_app(retriever: Retriever, limits: ServeLimits | None = None) -> Any:
+    """The ASGI app: ``/retrieve``, ``/health`` and the OpenAPI page, over one batcher."""
+    from contextlib import asynccontextmanager
 
-    def _send(self, status: int, payload: Any, close: bool = False) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, bad headers) as JSON, connection closed."""
+    limits = limits or ServeLimits()
+
+    class RetrieveRequest(BaseModel):
+        """Search-R1's request: a batch of queries and the number of documents per query."""
+
+        model_config = ConfigDict(extra="ignore")
+        queries: list[StrictStr] = Field(
+            ..., description="the queries", max_length=limits.max_queries
+        )
+        topk: StrictInt = Field(3, ge=1, le=limits.max_k, description="documents per query")
+        return_scores: StrictBool = Field(False, description="wrap each document with its score")
+
+    batcher = Batcher(retriever, limits)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="igpo_env retrieval server",
+        description="Search-R1's /retrieve protocol over a local igpo_env retriever.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400:  # e.g. bytes that are not UTF-8 inside the JSON
+            detail = f"body is not valid UTF-8 JSON ({detail})"
+        if exc.status_code == 404:
+            detail = "no such path; use POST /retrieve or GET /health (GET /docs: the API)"
+        return JSONResponse({"error": detail}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Any, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        status = 400
+        parts = []
+        for e in errors:
+            loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+            where = loc[0] + "".join(f"[{x}]" for x in loc[1:]) if loc else "body"
+            if e.get("type") == "json_invalid" or where == "body":
+                where = "body"
+                msg = "is not valid UTF-8 JSON, or not a JSON object with a 'queries' list"
+            else:
+                msg = e.get("msg", "is invalid")
+            if e.get("type") == "too_long" and loc[:1] == ["queries"] and len(loc) == 1:
+                status = 413
+                msg = f"too many queries (limit {limits.max_queries}); split the batch"
+            parts.append(f"{where}: {msg}")
+        return JSONResponse({"error": "; ".join(parts), "detail": _plain(errors)}, status)
+
+    async def retrieve(req: RetrieveRequest) -> JSONResponse:
+        """Top-k documents for every query (batched with concurrent requests)."""
+        for i, q in enumerate(req.queries):
+            if len(q) > limits.max_query_chars:
+                msg = f"queries[{i}]: {len(q)} characters; the limit is {limits.max_query_chars}"
+                return JSONResponse({"error": msg}, 400)
         try:
-            self._send(code, {"error": message or explain or "bad request"}, close=True)
-        except OSError:
-            self.close_connection = True
-
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
-        if self.path.split("?")[0] == "/health":
-            self._send(200, self.server.health())
-        else:
-            self._send(404, {"error": f"no such path {self.path!r}; use POST /retrieve"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path.split("?")[0] != "/retrieve":
-            self._send(404, {"error": f"no such path {self.path!r}; use POST /retrieve"}, True)
-            return
-        limits = self.server.limits
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self._send(411, {"error": "Content-Length header required"}, close=True)
-            return
-        try:
-            n = int(length)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            self._send(400, {"error": f"bad Content-Length {length!r:.40}"}, close=True)
-            return
-        if n > limits.max_body_bytes:
-            msg = f"body of {n} bytes exceeds the limit of {limits.max_body_bytes}"
-            self._send(413, {"error": msg}, close=True)
-            return
-        body = self.rfile.read(n)
-        try:
-            queries, k, scores = parse_retrieve_request(body, limits)
-            hits = self.server.batcher.submit(queries, k)
-        except RequestError as exc:
-            self._send(exc.status, {"error": str(exc)})
-            return
+            hits = await batcher.submit(req.queries, req.topk)
         except Exception as exc:  # noqa: BLE001  (the backend failed; tell the client, stay up)
-            self._send(500, {"error": f"retriever failed: {type(exc).__name__}: {exc}"})
-            return
-        self._send(200, {"result": [hits_payload(h, scores) for h in hits]})
+            return JSONResponse(
+                {"error": f"retriever failed: {type(exc).__name__}: {exc}"}, status_code=500
+            )
+        return JSONResponse({"result": [hits_payload(h, req.return_scores) for h in hits]})
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:
-            super().log_message(format, *args)
+    # the model is local to this factory: give FastAPI the class, not the postponed string
+    retrieve.__annotations__ = {"req": RetrieveRequest, "return": JSONResponse}
+    app.post("/retrieve")(retrieve)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and the batcher's counters."""
+        return {
+            "status": "ok",
+            "retriever": getattr(retriever, "name", type(retriever).__name__),
+            "queued": batcher.jobs.qsize(),
+            "batches": batcher.batches,
+        }
+
+    return _limit_body(app, limits.max_body_bytes)
 
 
-class RetrievalServer(ThreadingHTTPServer):
-    """A threading HTTP server bound to one retriever through a :class:`Batcher`."""
+def _plain(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validation errors with only JSON-safe fields (pydantic may attach exceptions)."""
+    keep = ("type", "loc", "msg")
+    return [{k: (list(e[k]) if k == "loc" else e[k]) for k in keep if k in e} for e in errors]
 
-    daemon_threads = True
+
+class RetrievalServer:
+    """uvicorn serving :func:`create_app` on ``host:port`` (``port=0``: a free one).
+
+    ``serve()`` blocks (the CLI); ``start()`` runs it in a background thread and returns
+    once it accepts connections (tests, notebooks); ``stop()`` shuts it down. ``url`` is
+    the bound address.
+    """
 
     def __init__(
         self,
@@ -261,30 +243,57 @@ class RetrievalServer(ThreadingHTTPServer):
         limits: ServeLimits | None = None,
         verbose: bool = False,
     ) -> None:
+        import uvicorn
+
         self.retriever = retriever
         self.limits = limits or ServeLimits()
-        self.verbose = verbose
-        self.batcher = Batcher(retriever, self.limits)
-        super().__init__((host, port), _Handler)
+        self.app = create_app(retriever, self.limits)
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            backlog=self.limits.backlog,
+            log_level="info" if verbose else "warning",
+            access_log=verbose,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        """``http://host:port`` actually bound (useful with ``port=0``)."""
-        host, port = self.server_address[:2]
+        """``http://host:port`` actually bound (after start)."""
+        sock = self._server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
-    def health(self) -> dict[str, Any]:
-        """The ``/health`` payload."""
-        return {
-            "status": "ok",
-            "retriever": getattr(self.retriever, "name", type(self.retriever).__name__),
-            "queued": self.batcher.jobs.qsize(),
-            "batches": self.batcher.batches,
-        }
+    def serve(self) -> None:
+        """Serve until SIGINT/SIGTERM (uvicorn's handlers: a graceful shutdown)."""
+        self._server.run()
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.batcher.close()
+    def start(self, timeout_s: float = 30.0) -> RetrievalServer:
+        """Serve from a background thread; return once the socket listens."""
+        self._server.config.install_signal_handlers = False  # not the main thread
+        self._thread = threading.Thread(target=self._server.run, name="retrieval-server")
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the retrieval server did not start (port in use?)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Shut down (finishing in-flight requests) and join the thread."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> RetrievalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--max-query-chars", type=int, default=d.max_query_chars)
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms)
+    p.add_argument("--backlog", type=int, default=d.backlog)
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return p
 
@@ -319,25 +329,30 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         max_query_chars=args.max_query_chars,
         batch_wait_ms=args.batch_wait_ms,
+        backlog=args.backlog,
     )
     t0 = time.perf_counter()
     retriever = make_retriever(args.retriever, corpus=args.corpus, index_dir=args.index_dir)
     server = RetrievalServer(retriever, args.host, args.port, limits, verbose=args.verbose)
-    print(
-        f"serving {args.retriever} on {server.url} (ready in {time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
+    ready = time.perf_counter() - t0
 
-    def stop(signum: int, frame: Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    async def announce() -> None:  # print the bound URL once uvicorn listens (port 0 too)
+        while not server._server.started:
+            await asyncio.sleep(0.01)
+        print(f"serving {args.retriever} on {server.url} (ready in {ready:.1f}s)", flush=True)
 
-    signal.signal(signal.SIGTERM, stop)
+    async def run() -> None:
+        task = asyncio.create_task(announce())
+        await server._server.serve()
+        task.cancel()
+
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was there before: make that one a no-op, so a clean stop exits 0
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.serve_forever()
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The /retrieve server end to end on loopback: protocol, batching, rejects, the CLI."""
+"""The /retrieve server end to end on loopback: protocol, batching, rejects, load, the CLI."""
 
 from __future__ import annotations
 
@@ -54,12 +54,8 @@ def server(retriever):
         port=0,
         limits=ServeLimits(max_queries=8, max_k=10, max_body_bytes=2000, batch_wait_ms=50),
     )
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with srv:
+        yield srv
 
 
 def post(srv, payload=None, data=None, **kw):
@@ -89,6 +85,14 @@ def test_health(server):
     r = requests.get(server.url + "/health", timeout=5)
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["retriever"] == "bm25"
     assert requests.get(server.url + "/nope", timeout=5).status_code == 404
+
+
+def test_openapi_page_describes_the_request(server):
+    assert requests.get(server.url + "/docs", timeout=5).status_code == 200
+    schema = requests.get(server.url + "/openapi.json", timeout=5).json()
+    assert "/retrieve" in schema["paths"]
+    fields = schema["components"]["schemas"]["RetrieveRequest"]["properties"]
+    assert set(fields) == {"queries", "topk", "return_scores"}
 
 
 def test_http_client_matches_local_search(server, retriever):
@@ -126,16 +130,19 @@ def test_mixed_k_in_one_batch(server):
     [
         ("{not json", 400, "not valid UTF-8 JSON"),
         (b"\xff\xfe", 400, "not valid UTF-8 JSON"),
+        (b'{"queries": ["caf\xe9"]}', 400, "not valid UTF-8 JSON"),
         ("[1, 2]", 400, "JSON object"),
-        ('{"topk": 3}', 400, "'queries' must be a list"),
-        ('{"queries": "paris"}', 400, "'queries' must be a list"),
-        ('{"queries": ["a", 3]}', 400, r"queries\[1\] must be a string"),
+        ("", 400, "body"),
+        ('{"topk": 3}', 400, "queries: Field required"),
+        ('{"queries": "paris"}', 400, "queries: Input should be a valid list"),
+        ('{"queries": ["a", 3]}', 400, r"queries\[1\]: Input should be a valid string"),
         (json.dumps({"queries": ["a"] * 9}), 413, "too many queries"),
-        ('{"queries": ["a"], "topk": 0}', 400, "between 1 and 10"),
-        ('{"queries": ["a"], "topk": 11}', 400, "between 1 and 10"),
-        ('{"queries": ["a"], "topk": "3"}', 400, "must be an integer"),
-        ('{"queries": ["a"], "topk": true}', 400, "must be an integer"),
-        ('{"queries": ["a"], "return_scores": "yes"}', 400, "true or false"),
+        ('{"queries": ["a"], "topk": 0}', 400, "topk: Input should be greater than or equal to 1"),
+        ('{"queries": ["a"], "topk": 11}', 400, "topk: Input should be less than or equal to 10"),
+        ('{"queries": ["a"], "topk": 10000000000}', 400, "topk: Input should be less than"),
+        ('{"queries": ["a"], "topk": "3"}', 400, "topk: Input should be a valid integer"),
+        ('{"queries": ["a"], "topk": true}', 400, "topk: Input should be a valid integer"),
+        ('{"queries": ["a"], "return_scores": "yes"}', 400, "return_scores: .*valid boolean"),
         (json.dumps({"queries": ["x" * 5000]}), 413, "exceeds the limit"),
     ],
 )
@@ -149,20 +156,53 @@ def test_rejects_bad_requests_and_stays_up(server, body, status, message):
 
 
 def test_raw_socket_abuse(server):
-    host, port = server.server_address[:2]
-    # no Content-Length
-    with socket.create_connection((host, port), timeout=5) as s:
+    host, port = server.url.removeprefix("http://").split(":")
+    addr = (host, int(port))
+    # no Content-Length: an empty body, refused
+    with socket.create_connection(addr, timeout=5) as s:
         s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b" 411 " in s.recv(4096).split(b"\r\n")[0] + b" "
+        assert b" 400 " in s.recv(4096).split(b"\r\n")[0] + b" "
     # huge declared body: refused before reading it
-    with socket.create_connection((host, port), timeout=5) as s:
+    with socket.create_connection(addr, timeout=5) as s:
         s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
         assert b"413" in s.recv(4096).split(b"\r\n")[0]
+    # a chunked body past the limit (no Content-Length to refuse it by)
+    with socket.create_connection(addr, timeout=5) as s:
+        head = b"POST /retrieve HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"x" * 1500
+        s.sendall(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n" + b"%x\r\n" % len(chunk) + chunk)
+        assert b"413" in s.recv(4096).split(b"\r\n")[0]
     # garbage request line
-    with socket.create_connection((host, port), timeout=5) as s:
+    with socket.create_connection(addr, timeout=5) as s:
         s.sendall(b"\x00\x01garbage\r\n\r\n")
-        assert b"Bad request" in s.recv(4096)
+        assert b"400" in s.recv(4096).split(b"\r\n")[0]
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+
+def test_a_burst_of_clients_gets_no_error(retriever):
+    """1,000 requests (two queries, top 3) from 200 concurrent clients: 0 failures (the old
+    ThreadingHTTPServer, listening with a backlog of 5, reset 14 of them)."""
+    with RetrievalServer(retriever, port=0) as srv:
+        url = srv.url + "/retrieve"
+        body = {"queries": ["capital of Japan", "highest mountain"], "topk": 3}
+
+        def one(i: int) -> int:
+            try:
+                return requests.post(url, json=body, timeout=60).status_code
+            except requests.RequestException:
+                return -1
+
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            codes = list(pool.map(one, range(1000)))
+    assert codes.count(200) == 1000, {c: codes.count(c) for c in set(codes)}
+
+
+def test_100k_queries_are_refused_and_the_server_stays_up(retriever):
+    with RetrievalServer(retriever, port=0) as srv:  # default limits: 256 queries, 1 MB
+        r = requests.post(srv.url + "/retrieve", json={"queries": ["a"] * 100_000}, timeout=30)
+        assert r.status_code == 413 and "too many queries" in r.json()["error"]
+        ok = requests.post(srv.url + "/retrieve", json={"queries": ["Paris"], "topk": 1}, timeout=5)
+        assert ok.status_code == 200
 
 
 def test_backend_failure_is_a_500_not_a_crash(retriever):
@@ -172,17 +212,10 @@ def test_backend_failure_is_a_500_not_a_crash(retriever):
         def search(self, queries, k):
             raise RuntimeError("disk on fire")
 
-    srv = RetrievalServer(Broken(), port=0)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with RetrievalServer(Broken(), port=0) as srv:
         r = post(srv, {"queries": ["a"]})
         assert r.status_code == 500 and "disk on fire" in r.json()["error"]
         assert requests.get(srv.url + "/health", timeout=5).status_code == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
 
 
 def test_limits_are_validated():
