@@ -177,6 +177,11 @@ class TrainConfig:
     steps: int = _f(8, "loop", "Training steps (one rollout batch + update each).")
     eval_every: int = _f(0, "loop", "Evaluate every N steps; 0: only before and after training.")
     eval_questions: int = _f(16, "loop", "Questions per evaluation (0: skip evaluation).")
+    eval_batch_size: int = _f(
+        16,
+        "loop",
+        "Evaluation episodes generated together (32 vs 16 measured 3% faster on 2 CPU cores).",
+    )
     save_every: int = _f(4, "loop", "Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = _f(3, "loop", "Keep the newest K checkpoints.")
     dump_rollouts_every: int = _f(
@@ -350,6 +355,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     for name in ("eval_every", "eval_questions", "save_every", "dump_rollouts_every"):
         if getattr(cfg, name) < 0:
             e.append(f"{name}={getattr(cfg, name)}: use 0 (off / only at the end) or more")
+    if cfg.eval_batch_size < 1:
+        e.append(f"eval_batch_size={cfg.eval_batch_size}: use a value >= 1")
     if cfg.log_every < 1:
         e.append(f"log_every={cfg.log_every}: use a value >= 1")
     if cfg.keep_checkpoints < 1:

@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         envs = make_envs(args.env_id, max(1, args.batch), args.max_turns, **kw)
         idx = eval_indices(question_count(envs[0]), args.questions)
         trajs = evaluate_policy(
-            policy, envs, idx, settings=settings, protocol=args.protocol, engine=engine
+            policy,
+            envs,
+            idx,
+            settings=settings,
+            protocol=args.protocol,
+            engine=engine,
+            progress=name or spec,
         )
         dataset = name or (trajs[0].dataset if trajs else spec)
         results.append(summarize(trajs, dataset))

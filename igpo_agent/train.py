@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     if cfg.eval_questions != 0 and world.is_main:
         eval_envs = make_envs(
             cfg.env_id,
-            max(1, min(cfg.eval_questions, 16)),
+            max(1, min(cfg.eval_questions, cfg.eval_batch_size)),
             cfg.max_turns,
             **env_kwargs_from(cfg, cfg.eval_qa),
         )
