@@ -38,7 +38,7 @@ def envs(tmp_path_factory):
         e.close()
 
 
-def _rollouts(policy, envs, seed):
+def _rollouts(policy, envs, seed, temperature=1.0):
     gen = torch.Generator().manual_seed(seed)
     return rollout_batch(
         policy.model,
@@ -47,7 +47,7 @@ def _rollouts(policy, envs, seed):
         envs,
         [{"index": 0}, {"index": 1}],
         group_size=2,
-        settings=GenerationSettings(max_new_tokens=8),
+        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
         generator=gen,
         seed=seed,
     )
@@ -125,18 +125,8 @@ def test_compute_advantages_gives_ig_to_search_turns_only():
 
 
 def _scored(policy, envs, seed, temperature=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    trajs = rollout_batch(
-        policy.model,
-        policy.tokenizer,
-        policy_prompt_fn(policy, "tags"),
-        envs,
-        [{"index": 0}, {"index": 1}],
-        group_size=2,
-        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
-        generator=gen,
-        seed=seed,
-    )
+    """Rollouts and their IGPO turn returns (IG on every turn: the random model rarely searches)."""
+    trajs = _rollouts(policy, envs, seed, temperature)
     values = belief_matrix(policy, trajs, "<answer>", "</answer>")
     adv, _ = compute_advantages(
         trajs,
