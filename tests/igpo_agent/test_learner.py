@@ -256,7 +256,11 @@ def test_bf16_autocast_loss_and_gradients_agree_with_fp32(tiny_policy, envs):
         assert lp.dtype == torch.float32  # log-softmax in fp32 under autocast too
         loss, _ = policy_loss(lp, lp.detach(), adv, batch["action_mask"], entropy=ent, kl_coef=0.0)
         loss.backward()
-        out[name] = (lp.detach(), float(loss), torch.cat([p.grad.flatten() for p in params]))
+        out[name] = (
+            lp.detach(),
+            float(loss.detach()),
+            torch.cat([p.grad.flatten() for p in params]),
+        )
     (lp32, l32, g32), (lp16, l16, g16) = out["fp32"], out["bf16"]
     act = batch["action_mask"].clone()
     act[:, 0] = False
