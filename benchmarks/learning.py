@@ -255,7 +255,9 @@ def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> li
         per_seed.append(f"{100 * sum(i[q] - g[q] for q in qids) / max(len(qids), 1):+.1f}")
     if a:
         d = paired_diff_ci(a, b)
-        verdict = "resolved" if d.excludes_zero() else "not resolved at this size"
+        verdict = "excludes 0" if d.excludes_zero() else "includes 0"
+        if len(seeds) < 2:  # the pairs resample questions; one run per arm says nothing of seeds
+            verdict += "; one run per arm: run-to-run noise not included"
         lines.append(
             f"IGPO - GRPO, final dev F1: {d.fmt()} over {d.n} pairs ({verdict}); "
             f"per seed {', '.join(per_seed)}"
