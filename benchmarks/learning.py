@@ -205,6 +205,15 @@ def summarize_arm(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+def _pair_into(x: dict[str, float], y: dict[str, float], a: list, b: list) -> str:
+    """Append the questions both ``{qid: f1}`` maps score to ``a`` (x) and ``b`` (y);
+    return their mean difference y - x in F1 points, formatted (``n/a`` with none shared)."""
+    qids = [q for q in y if q in x]
+    a += [x[q] for q in qids]
+    b += [y[q] for q in qids]
+    return f"{100 * sum(y[q] - x[q] for q in qids) / len(qids):+.1f}" if qids else "n/a"
+
+
 def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> list[str]:
     """Paired 95% bootstrap intervals from the runs' per-question eval records.
 
@@ -228,14 +237,8 @@ def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> li
             if not before or not after:
                 continue
             f0 = {r["qid"]: r["f1"] for r in before}
-            f1 = {r["qid"]: r["f1"] for r in after}
-            finals[(algo, seed)] = f1
-            qids = [q for q in f1 if q in f0]
-            a += [f0[q] for q in qids]
-            b += [f1[q] for q in qids]
-            per_seed.append(
-                f"{100 * (sum(b[-len(qids) :]) - sum(a[-len(qids) :])) / len(qids):+.1f}"
-            )
+            finals[(algo, seed)] = {r["qid"]: r["f1"] for r in after}
+            per_seed.append(_pair_into(f0, finals[(algo, seed)], a, b))
         if a:
             d = paired_diff_ci(a, b)
             lines.append(
@@ -248,11 +251,7 @@ def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> li
     )
     a, b, per_seed = [], [], []
     for seed in seeds:
-        g, i = finals[("grpo", seed)], finals[("igpo", seed)]
-        qids = [q for q in i if q in g]
-        a += [g[q] for q in qids]
-        b += [i[q] for q in qids]
-        per_seed.append(f"{100 * sum(i[q] - g[q] for q in qids) / max(len(qids), 1):+.1f}")
+        per_seed.append(_pair_into(finals[("grpo", seed)], finals[("igpo", seed)], a, b))
     if a:
         d = paired_diff_ci(a, b)
         verdict = "excludes 0" if d.excludes_zero() else "includes 0"

@@ -113,12 +113,12 @@ def ig_weight_at(cfg: TrainConfig, step: int) -> float:
 
 
 def run_eval(
-    policy: Policy, cfg: TrainConfig, envs: list, label: str, engine: Any = None
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    policy: Policy, cfg: TrainConfig, envs: list, label: str, step: int, engine: Any = None
+) -> dict[str, float]:
     """Greedy episodes on the fixed eval subset; prints the table with 95% intervals.
 
-    Returns the eval metrics and one record per question (qid, f1, em, format_ok, ...),
-    which the run keeps in ``RUN_DIR/eval/`` so that before and after can be compared
+    Returns the eval metrics and keeps one record per question (qid, f1, em, format_ok,
+    ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can be compared
     question by question (:func:`igpo_agent.stats.paired_diff_ci`).
     """
     idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
@@ -130,6 +130,7 @@ def run_eval(
     )
     res = summarize(trajs, trajs[0].dataset or "eval")
     records = [episode_record(t) for t in trajs]
+    write_eval_records(cfg.run_dir, f"step-{step}", records)
     f1 = mean_ci([r["f1"] for r in records])
     fmt = wilson_ci(sum(not r["format_ok"] for r in records), len(records))
     print(
@@ -147,7 +148,7 @@ def run_eval(
         K.EVAL_FORMAT_CI_LOW: fmt.low,
         K.EVAL_FORMAT_CI_HIGH: fmt.high,
     }
-    return metrics, records
+    return metrics
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
@@ -272,8 +273,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     last: dict[str, float] = {}
     if cfg.eval_questions != 0 and start == 0:
         if eval_envs:
-            last, before = run_eval(policy, cfg, eval_envs, "before training", engine)
-            write_eval_records(cfg.run_dir, "step-0", before)
+            last = run_eval(policy, cfg, eval_envs, "before training", 0, engine)
             logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
         D.barrier(world)  # the other ranks wait for rank 0's evaluation
 
@@ -306,6 +306,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         else:  # GRPO: IG switched off (same code path, outcome only)
             values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
         ig_s = time.perf_counter() - t0 + stats.ig_seconds
+        ig_weight = ig_weight_at(cfg, step)
         adv, outcome = compute_advantages(
             trajs,
             values,
@@ -316,7 +317,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             gamma=cfg.gamma,
             format_penalty=cfg.format_penalty,
             ig_turns=cfg.ig_turns,
-            ig_weight=ig_weight_at(cfg, step),
+            ig_weight=ig_weight,
             ig_exclude_zero=cfg.ig_exclude_zero,
         )
         dp: dict[str, Any] = {}
@@ -352,7 +353,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ),
         }
         if cfg.algo == "igpo":
-            metrics[K.IG_WEIGHT] = ig_weight_at(cfg, step)
+            metrics[K.IG_WEIGHT] = ig_weight
         if cfg.algo == "igpo":
             for k, v in enumerate(mean_ig_per_turn(adv.ig, adv.turn_mask.sum(1)).tolist()):
                 if v == v:  # not NaN
@@ -382,9 +383,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         if cfg.eval_questions != 0 and cfg.eval_every and step % cfg.eval_every == 0:
             if step < cfg.steps:
                 if eval_envs:
-                    ev, recs = run_eval(policy, cfg, eval_envs, f"step {step}", engine)
-                    write_eval_records(cfg.run_dir, f"step-{step}", recs)
-                    metrics.update(ev)
+                    metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", step, engine))
                 D.barrier(world)
         metrics[K.STEP_S] = time.perf_counter() - t_step
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -408,8 +407,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
 
     if cfg.eval_questions != 0 and cfg.steps > start:
         if eval_envs:
-            final_eval, after = run_eval(policy, cfg, eval_envs, "after training", engine)
-            write_eval_records(cfg.run_dir, f"step-{cfg.steps}", after)
+            final_eval = run_eval(policy, cfg, eval_envs, "after training", cfg.steps, engine)
             logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
             last = {**last, **final_eval}
         D.barrier(world)
