@@ -26,9 +26,17 @@ before/final/best, format errors, signal shares, wall time per run, then paired 
 bootstrap intervals over (seed, question) pairs of (RL - warm start) per algorithm and
 (IGPO - GRPO) on the final dev F1, each with the per-seed differences.
 
-``--seeds 0 1`` runs independent seeds per arm (run dirs ``OUT/ALGO-seedS``); a study that
-can resolve a difference needs >= 256 dev questions (``--eval-questions 256``) and
-hundreds of rollouts per arm and seed.
+``--seeds 0 1`` runs independent seeds per arm (run dirs ``OUT/ALGO-seedS``), one seed after
+another (with ``--parallel`` the two arms of a seed share the cores); a study that can
+resolve a difference needs >= 256 dev questions (``--eval-questions 256``) and hundreds of
+rollouts per arm and seed. Seeds can be run one call at a time into the same ``--out``
+with ``--reuse`` (finished runs are read, not rerun); the last call, naming every seed,
+compares them all. ``--python .venv-vllm/bin/python --extra --engine vllm`` samples with
+the vLLM engine (the study in ``results/study/`` was run that way):
+
+    python benchmarks/learning.py --init-adapter runs/demo/sft --steps 63 --eval-every 21 \\
+        --eval-questions 256 --seeds 0 --parallel --reuse --python .venv-vllm/bin/python \\
+        --out runs/study --extra --engine vllm --vllm_threads 1
 """
 
 from __future__ import annotations
@@ -69,10 +77,14 @@ def train_command(
     init_adapter: str | None,
     seed: int | None,
     extra: list[str],
+    python: str | None = None,
 ) -> list[str]:
     """The ``python -m igpo_agent.train`` command of one arm; the arms differ only in algo
-    and run_dir (checkpoints off: the comparison needs metrics, not resumable state)."""
-    cmd = [sys.executable, "-m", "igpo_agent.train", "--config", config]
+    and run_dir (checkpoints off: the comparison needs metrics, not resumable state).
+
+    ``python``: the trainer's interpreter (default: this one); ``--engine vllm`` needs the
+    vLLM environment's (``.venv-vllm/bin/python``), which has no matplotlib for this script."""
+    cmd = [python or sys.executable, "-m", "igpo_agent.train", "--config", config]
     cmd += ["--run_dir", str(run_dir), "--algo", algo, "--steps", str(steps)]
     cmd += ["--eval_every", str(eval_every), "--eval_questions", str(eval_questions)]
     cmd += ["--save_every", "0", "--tensorboard", "false", "--dump_rollouts_every", "0"]
@@ -126,6 +138,20 @@ def run_arms_parallel(cmds: dict[str, list[str]], logs: Path) -> dict[str, float
         tails = {a: (logs / f"{a}.log").read_text()[-3000:] for a in failed}
         raise RuntimeError(f"arm(s) {failed} failed:\n" + "\n".join(tails.values()))
     return walls
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a completed training run: the trainer writes its
+    end-of-run ``summary.json`` only after the final evaluation."""
+    from igpo_agent.run_summary import SUMMARY_FILE
+
+    return (run_dir / SUMMARY_FILE).is_file() and (run_dir / "metrics.jsonl").is_file()
+
+
+def read_walls(out: Path) -> dict[str, float]:
+    """``{run name: wall seconds}`` recorded by earlier invocations in ``out/walls.json``."""
+    path = out / "walls.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def ig_turns(rec: dict[str, Any]) -> dict[int, float]:
@@ -348,6 +374,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the arms at the same time, each with cpu_count/arms torch threads "
         "(logs in OUT/ALGO.log)",
     )
+    p.add_argument(
+        "--python",
+        default=None,
+        help="interpreter for the trainer runs (default: this one); .venv-vllm/bin/python "
+        "with --extra --engine vllm",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep runs already finished in OUT (summary.json written) instead of rerunning "
+        "them: run seeds one at a time into one OUT, the last call compares them all",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random model, tiny_test config")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more trainer flags")
     return p.parse_args(argv)
@@ -396,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, tuple[str, Any, Path]] = {}
     for seed in seeds:
         for algo in args.algos:
-            name = algo if len(seeds) == 1 else f"{algo}-seed{seed}"
+            name = f"{algo}-seed{seed}" if args.seeds else algo
             runs[name] = (algo, seed, out / name)
     cmds = {
         name: train_command(
@@ -409,19 +447,34 @@ def main(argv: list[str] | None = None) -> int:
             init_adapter=init_adapter,
             seed=seed,
             extra=extra,
+            python=args.python,
         )
         for name, (algo, seed, run_dir) in runs.items()
     }
+    walls: dict[str, float] = read_walls(out) if args.reuse else {}
     try:
-        if args.parallel:
-            for name, cmd in cmds.items():
-                print(f"=== {name} (parallel, log {out / (name + '.log')}): {' '.join(cmd[1:])}")
-            walls = run_arms_parallel(cmds, out)
-        else:
-            walls = {}
-            for name, cmd in cmds.items():
-                print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
-                walls[name] = run_arm(cmd, quiet=args.quiet)
+        for seed in seeds:  # arms of one seed side by side (--parallel), seeds in turn
+            todo = {}
+            for name, (_, s, run_dir) in runs.items():
+                if s != seed:
+                    continue
+                if args.reuse and finished(run_dir):
+                    print(f"=== {name}: reusing the finished run in {run_dir}")
+                    walls.setdefault(name, float("nan"))
+                else:
+                    todo[name] = cmds[name]
+            if args.parallel and todo:
+                for name, cmd in todo.items():
+                    print(
+                        f"=== {name} (parallel, log {out / (name + '.log')}): {' '.join(cmd[1:])}"
+                    )
+                walls.update(run_arms_parallel(todo, out))
+            else:
+                for name, cmd in todo.items():
+                    print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+                    walls[name] = run_arm(cmd, quiet=args.quiet)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "walls.json").write_text(json.dumps({**read_walls(out), **walls}, indent=1))
         for name, (algo, seed, run_dir) in runs.items():
             arm = [{**r, "seed": seed} for r in collect_rows(algo, K.read_metrics(run_dir))]
             rows += arm

@@ -93,3 +93,40 @@ def test_learning_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str], para
     png = out / "learning.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10_000  # four drawn panels, not an empty canvas
+
+
+@pytest.mark.slow
+def test_seeds_one_call_at_a_time_with_reuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seed 0 in one call, then seeds 0 and 1 with --reuse: seed 0's runs are read, not
+    rerun (their files untouched), and the comparison pools both seeds."""
+    m, out = _load(), tmp_path / "study"
+    base = ["--quick", "--quiet", "--out", str(out), "--algos", "igpo", "grpo", "--reuse"]
+    assert m.main([*base, "--seeds", "0"]) == 0
+    first = {a: (out / f"{a}-seed0" / "metrics.jsonl").stat().st_mtime_ns for a in m.ALGOS}
+    assert set(json.loads((out / "walls.json").read_text())) == {"igpo-seed0", "grpo-seed0"}
+    capsys.readouterr()
+    assert m.main([*base, "--seeds", "0", "1"]) == 0
+    text = capsys.readouterr().out
+    for algo in m.ALGOS:
+        assert f"=== {algo}-seed0: reusing the finished run" in text
+        assert (out / f"{algo}-seed0" / "metrics.jsonl").stat().st_mtime_ns == first[algo]
+        assert not (out / f"{algo}-seed0" / "metrics.jsonl.prev").exists()
+        assert (out / f"{algo}-seed1" / "summary.json").is_file()
+    assert "over 4 pairs" in text  # 2 seeds x 2 questions, IGPO - GRPO
+    rows = [json.loads(line) for line in (out / "learning.jsonl").read_text().splitlines()]
+    assert {(r["algo"], r["seed"]) for r in rows} == {(a, s) for a in m.ALGOS for s in (0, 1)}
+    walls = json.loads((out / "walls.json").read_text())
+    assert set(walls) == {f"{a}-seed{s}" for a in m.ALGOS for s in (0, 1)}
+    assert all(w > 0 for w in walls.values())  # seed 0's recorded wall time was kept
+
+
+def test_train_command_interpreter() -> None:
+    m = _load()
+    kw = dict(config="c.yaml", run_dir=Path("r"), steps=2, eval_every=1, eval_questions=4,
+              init_adapter=None, seed=3, extra=["--engine", "vllm"])  # fmt: skip
+    assert m.train_command("igpo", **kw)[0] == sys.executable
+    cmd = m.train_command("grpo", **kw, python=".venv-vllm/bin/python")
+    assert cmd[:3] == [".venv-vllm/bin/python", "-m", "igpo_agent.train"]
+    assert cmd[-2:] == ["--engine", "vllm"] and cmd[cmd.index("--seed") + 1] == "3"
