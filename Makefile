@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU path pins torch==2.13.0 (a local CPU build); any other spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-main test-vllm lint format clean
+.PHONY: install demo test test-main test-vllm lint format clean gpu-assets
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -30,6 +30,17 @@ demo: $(DEMO_DIR)/sft/adapter_model.safetensors
 	$(PY) -m igpo_agent.train --config configs/cpu_demo.yaml \
 		--init_adapter $(DEMO_DIR)/sft --run_dir $(DEMO_DIR)/igpo
 	$(PY) -m igpo_agent.plot $(DEMO_DIR)/igpo
+
+# What benchmarks/gpu_check.sh needs on a GPU machine with no internet (its image brings torch,
+# transformers, peft, pytest): pure-Python wheels it lacks and SmolLM2's tokenizer, into .gpu/
+# (~4 MB, git-ignored; carry it with the device call).
+GPU_WHEELS := gymnasium farama-notifications bm25s rank-bm25
+gpu-assets: $(STAMP)
+	rm -rf .gpu && mkdir -p .gpu/wheels
+	$(PIP) download -q --no-deps --only-binary=:all: -d .gpu/wheels $(GPU_WHEELS)
+	$(PY) -c "from igpo_agent.models import load_tokenizer; \
+		load_tokenizer('smollm2-135m-instruct').save_pretrained('.gpu/tokenizer')"
+	du -sh .gpu
 
 lint: install
 	$(VENV)/bin/ruff check .
