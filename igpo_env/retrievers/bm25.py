@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -45,6 +46,8 @@ from igpo_env.retrievers.base import Hit
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 _TOKENIZER_VERSION = "lower-w2-stopen-v1"
 _INDEX_FORMAT = 1
+PROGRESS_MIN_DOCS = 50_000
+"""Index builds over at least this many documents show progress bars (tokenising, indexing)."""
 
 
 @functools.cache
@@ -85,6 +88,20 @@ def check_queries(queries: list[str]) -> list[str]:
         if not isinstance(q, str):
             raise TypeError(f"queries[{i}] must be a str, got {type(q).__name__}")
     return list(queries)
+
+
+def announce(message: str) -> None:
+    """One line on stderr about a first-time index build (what, from what, where)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def corpus_tokens(docs: list[Document], desc: str) -> list[list[str]]:
+    """:func:`document_tokens` of every document, with a tqdm bar for big corpora."""
+    if len(docs) < PROGRESS_MIN_DOCS:
+        return [document_tokens(d) for d in docs]
+    from tqdm import tqdm
+
+    return [document_tokens(d) for d in tqdm(docs, desc=desc, unit="doc", smoothing=0.1)]
 
 
 def _hits(docs: list[Document], idx: np.ndarray, scores: np.ndarray) -> list[Hit]:
@@ -173,7 +190,8 @@ class BM25sRetriever:
         # auto_compile=False: index building runs in numpy (fast enough, and it skips ~10 s of
         # JIT for the build kernels); retrieval still uses bm25s's numba kernel.
         model = bm25s_mod.BM25(**self.params, backend=self.backend, auto_compile=False)
-        model.index([document_tokens(d) for d in self.docs], show_progress=False)
+        tokens = corpus_tokens(self.docs, "igpo: tokenising corpus")
+        model.index(tokens, show_progress=len(self.docs) >= PROGRESS_MIN_DOCS)
         for key in ("data", "indices", "indptr"):
             # read-only like a memory-mapped load, so both share one compiled numba kernel
             model.scores[key].setflags(write=False)
@@ -182,6 +200,10 @@ class BM25sRetriever:
     def _save_new(self, folder: Path) -> None:
         import bm25s
 
+        announce(
+            f"igpo: building bm25 index (bm25s, {self.params['method']}) over "
+            f"{len(self.docs):,} documents; caching it in {self.index_dir}"
+        )
         self._build(bm25s).save(str(folder), show_progress=False)
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=1))
 
@@ -258,13 +280,17 @@ class RankBM25Retriever:
         self.index_dir = Path(index_dir) if index_dir is not None else None
 
         def fit() -> BM25Okapi:
-            return BM25Okapi([document_tokens(d) for d in self.docs], **self.params)
+            return BM25Okapi(corpus_tokens(self.docs, "igpo: tokenising corpus"), **self.params)
 
         if self.index_dir is None:
             self.model = fit()
             return
 
         def save(folder: Path) -> None:
+            announce(
+                f"igpo: building bm25-rank index (rank-bm25 BM25Okapi) over "
+                f"{len(self.docs):,} documents; caching it in {self.index_dir}"
+            )
             with open(folder / "model.pkl", "wb") as fh:
                 pickle.dump(fit(), fh, protocol=pickle.HIGHEST_PROTOCOL)
             (folder / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -69,3 +69,20 @@ def test_baselines_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_baselines_rejects_a_missing_adapter(tmp_path: Path) -> None:
     assert _load("baselines").main(["--policy", f"x={tmp_path}", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_dense_ready_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("dense_ready").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "vs goal < 30 s" in out and "vs goal < 60 s" in out
+    # the fresh process built its index from the shipped embeddings
+    assert any(line.rstrip().endswith(" shipped") for line in out.splitlines())
+    for env_id in ("SearchQA-v0", "SearchQA-Dense-v0", "SearchQA-HTTP-v0", "SearchQA-Web-v0"):
+        assert any(line.startswith(env_id + " ") for line in out.splitlines())
+    assert "dense/bm25" in out and "new vs old" in out
+
+
+def test_dense_ready_rejects_unknown_parts() -> None:
+    with pytest.raises(SystemExit, match="unknown part"):
+        _load("dense_ready").main(["--parts", "ready,warp"])

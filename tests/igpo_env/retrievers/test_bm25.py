@@ -151,3 +151,24 @@ def test_factory_reads_corpus_files(docs, tmp_path):
         make_retriever("bm25", corpus=tmp_path / "missing.jsonl")
     with pytest.raises(TypeError, match="Document"):
         make_retriever("bm25", corpus=["not a doc"])
+
+
+@pytest.mark.parametrize("name", ["bm25", "bm25-rank"])
+def test_first_build_says_what_and_where_later_loads_are_quiet(docs, tmp_path, capfd, name):
+    folder = tmp_path / name
+    cls = BM25sRetriever if name == "bm25" else RankBM25Retriever
+    cls(docs, folder)
+    err = capfd.readouterr().err
+    assert f"igpo: building {name} index" in err and f"{len(docs)} documents" in err
+    assert str(folder) in err
+    cls(docs, folder)
+    assert capfd.readouterr().err == ""
+
+
+def test_big_corpus_builds_show_progress_bars(docs, capfd, monkeypatch):
+    from igpo_env.retrievers import bm25 as bm25_module
+
+    monkeypatch.setattr(bm25_module, "PROGRESS_MIN_DOCS", 5)
+    BM25sRetriever(docs, None)
+    err = capfd.readouterr().err
+    assert "igpo: tokenising corpus" in err and f"{len(docs)}/{len(docs)}" in err

@@ -10,6 +10,7 @@ pytest.importorskip("faiss")
 from igpo_env.retrievers import make_retriever  # noqa: E402
 from igpo_env.retrievers.dense import (  # noqa: E402
     DenseRetriever,
+    LRUMemo,
     build_faiss_index,
     default_model_dir,
     faiss_search,
@@ -88,3 +89,52 @@ def test_faiss_search_on_random_vectors():
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
     scores, ids = faiss_search(index, base[:40], 5)  # the multi-thread path
     assert ids[:, 0].tolist() == list(range(40))
+
+
+def test_lru_memo_is_bounded_and_keeps_the_recent():
+    memo = LRUMemo(2)
+    memo.put("a", 1)
+    memo.put("b", 2)
+    assert memo.get("a") == 1  # "a" is now the most recent
+    memo.put("c", 3)
+    assert memo.get("b") is None and memo.get("a") == 1 and len(memo) == 2
+    off = LRUMemo(0)
+    off.put("a", 1)
+    assert len(off) == 0 and off.get("a") is None
+    with pytest.raises(ValueError, match="query_cache_size"):
+        LRUMemo(-1)
+
+
+def test_lone_queries_are_memoised_batches_are_not(docs, monkeypatch):
+    r = DenseRetriever(docs, None)
+    calls = []
+    real = r.encoder.encode
+
+    def counting(texts, *args, **kwargs):
+        calls.append(list(texts))
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(r.encoder, "encode", counting)
+    query = "biggest planet orbiting the sun"
+    first = r.search([query], 3)
+    assert r.search([query], 3) == first and calls == [[query]]  # second one from the memo
+    assert r.search(["", query], 3) == [[], first[0]] and len(calls) == 1  # still one query
+    first_ids = [h.doc_id for h in first[0]]
+    first[0].clear()  # callers own the lists they get
+    assert len(r.search([query], 3)[0]) == 3
+    assert len(r.search([query], 2)[0]) == 2 and calls[-1] == [query]  # other k: a new search
+    batch = r.search([query, "tallest peak in the world"], 3)
+    assert calls[-1] == [query, "tallest peak in the world"]  # a batch is encoded afresh
+    assert [h.doc_id for h in batch[0]] == first_ids
+    no_memo = DenseRetriever(docs, None, query_cache_size=0)
+    monkeypatch.setattr(no_memo.encoder, "encode", counting)
+    no_memo.search([query], 3)
+    no_memo.search([query], 3)
+    assert calls[-2:] == [[query], [query]]
+
+
+def test_dense_build_settings_are_checked(docs):
+    with pytest.raises(ValueError, match="precision"):
+        DenseRetriever(docs, None, precision="half")
+    with pytest.raises(ValueError, match="threads"):
+        DenseRetriever(docs, None, build_threads=-2)
