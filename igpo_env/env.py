@@ -17,6 +17,7 @@ from igpo_env.retrievers.base import Retriever, SearchError, available_retriever
 from igpo_env.spaces import FreeText
 
 LOCAL_BACKENDS = ("bm25", "bm25-rank", "dense")  # these take corpus=; the others do not
+FILE_CORPUS_BACKENDS = {"faiss-prebuilt": "corpus_path"}  # corpus= is their corpus file
 URL_ENV_VARS = {"http": "IGPO_RETRIEVER_URL", "searxng": "IGPO_SEARXNG_URL"}
 MAX_OBSERVATION_CHARS = 200_000  # observations (prompt included) are clipped to this
 ON_INVALID = ("continue", "terminate")
@@ -129,7 +130,7 @@ class SearchQAEnv(gym.Env[str, str]):
     | Parameter          | Type                          | Default           | Description |
     |--------------------|-------------------------------|-------------------|-------------|
     | `qa`               | str, Path, list[QAExample]    | `"default:train"` | QA set: JSONL path, `"default:SPLIT"`, or examples |
-    | `corpus`           | str, Path, list[Document]     | None (`"default"`)| corpus of a local backend (bm25, bm25-rank, dense) |
+    | `corpus`           | str, Path, list[Document]     | None (`"default"`)| corpus of a local backend (bm25, bm25-rank, dense); for `faiss-prebuilt`, the JSONL whose row i is FAISS id i |
     | `retriever`        | str or Retriever              | `"bm25"`          | backend name for `make_retriever`, or an instance |
     | `retriever_kwargs` | dict or None                  | None              | extra keyword arguments for the backend |
     | `url`              | str or None                   | None              | server of `http`/`searxng` (else `$IGPO_RETRIEVER_URL` / `$IGPO_SEARXNG_URL`) |
@@ -248,7 +249,23 @@ class SearchQAEnv(gym.Env[str, str]):
                 f"unknown retriever {retriever!r}; choose one of {available_retrievers()} "
                 "or pass a Retriever instance"
             )
-        if retriever in LOCAL_BACKENDS:
+        if retriever in FILE_CORPUS_BACKENDS:
+            if url is not None:
+                raise ValueError(f"url is for remote backends; {retriever!r} reads corpus=")
+            if corpus is not None:
+                arg = FILE_CORPUS_BACKENDS[retriever]
+                if not isinstance(corpus, (str, Path)) or str(corpus) == "default":
+                    raise ValueError(
+                        f"the {retriever!r} backend takes corpus= as the path of the JSONL its "
+                        f"index was built from (row i = FAISS id i), got {corpus!r}"
+                    )
+                if arg in kwargs and str(kwargs[arg]) != str(corpus):
+                    raise ValueError(
+                        f"corpus={str(corpus)!r} and retriever_kwargs[{arg!r}]="
+                        f"{str(kwargs[arg])!r} disagree; pass the corpus once"
+                    )
+                kwargs[arg] = corpus
+        elif retriever in LOCAL_BACKENDS:
             if url is not None:
                 raise ValueError(f"url is for remote backends; {retriever!r} reads corpus=")
             kwargs.setdefault("corpus", "default" if corpus is None else corpus)
@@ -256,7 +273,7 @@ class SearchQAEnv(gym.Env[str, str]):
             if corpus is not None:
                 raise ValueError(
                     f"the {retriever!r} backend has no corpus= (its server holds the documents); "
-                    f"drop corpus or use one of {LOCAL_BACKENDS}"
+                    f"drop corpus or use one of {LOCAL_BACKENDS + tuple(FILE_CORPUS_BACKENDS)}"
                 )
             env_var = URL_ENV_VARS.get(retriever)
             url = url or (os.environ.get(env_var) if env_var else None)

@@ -2,6 +2,8 @@
 
 ``python -m igpo_env.serve --retriever bm25 --corpus default --port 8000`` lets many training
 processes share one index (point them at it with ``make_retriever("http", url=...)``).
+``--retriever faiss-prebuilt --index-path e5_Flat.index --corpus wiki-18.jsonl --encoder-dir
+e5-base-v2`` serves a prebuilt FAISS index as-is (see :mod:`igpo_env.retrievers.prebuilt`).
 
 - ``POST /retrieve`` ``{"queries": [...], "topk": k, "return_scores": bool}`` ->
   ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (bare documents
@@ -303,9 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m igpo_env.serve",
         description="Serve a local retriever over the Search-R1 /retrieve protocol.",
     )
-    p.add_argument("--retriever", default="bm25", choices=["bm25", "bm25-rank", "dense"])
+    p.add_argument(
+        "--retriever", default="bm25", choices=["bm25", "bm25-rank", "dense", "faiss-prebuilt"]
+    )
     p.add_argument("--corpus", default="default", help="corpus JSONL path, or 'default'")
     p.add_argument("--index-dir", default=None, help="index folder (default: the cache dir)")
+    g = p.add_argument_group("faiss-prebuilt (a prebuilt index; --corpus: row i = FAISS id i)")
+    g.add_argument("--index-path", default=None, help="the FAISS index file (e5_Flat.index)")
+    g.add_argument("--encoder-dir", default=None, help="local model folder of the index's encoder")
+    g.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"])
+    g.add_argument("--query-prefix", default="query: ", help="prepended to queries (e5: 'query: ')")
+    g.add_argument("--no-normalize", action="store_true", help="do not L2-normalise queries")
+    g.add_argument("--max-length", type=int, default=256, help="query tokens kept")
+    g.add_argument("--no-mmap", action="store_true", help="read the index into memory")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query")
+    g.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
+    g.add_argument("--search-threads", type=int, default=0, help="FAISS threads (0: auto)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (no auth: keep it local)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--max-queries", type=int, default=d.max_queries)
@@ -318,10 +333,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PREBUILT_ONLY = ("index_path", "encoder_dir")
+
+
+def backend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``make_retriever`` keyword arguments for parsed CLI arguments (errors name the flag)."""
+    if args.retriever != "faiss-prebuilt":
+        given = [f"--{a.replace('_', '-')}" for a in PREBUILT_ONLY if getattr(args, a)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for --retriever faiss-prebuilt")
+        return {"corpus": args.corpus, "index_dir": args.index_dir}
+    if args.corpus == "default":
+        raise ValueError(
+            "--retriever faiss-prebuilt needs --corpus PATH: the JSONL the index was built "
+            "from (row i = FAISS id i), e.g. wiki-18.jsonl"
+        )
+    return {
+        "index_path": args.index_path,
+        "corpus_path": args.corpus,
+        "encoder_dir": args.encoder_dir,
+        "pooling": args.pooling,
+        "query_prefix": args.query_prefix,
+        "normalize": not args.no_normalize,
+        "max_length": args.max_length,
+        "mmap": not args.no_mmap,
+        "nprobe": args.nprobe,
+        "ef_search": args.ef_search,
+        "search_threads": args.search_threads,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the retriever, bind, print the URL, serve until SIGINT/SIGTERM."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from igpo_env.retrievers import make_retriever
+
+    try:
+        kwargs = backend_kwargs(args)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     limits = ServeLimits(
         max_queries=args.max_queries,
@@ -332,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         backlog=args.backlog,
     )
     t0 = time.perf_counter()
-    retriever = make_retriever(args.retriever, corpus=args.corpus, index_dir=args.index_dir)
+    retriever = make_retriever(args.retriever, **kwargs)
     server = RetrievalServer(retriever, args.host, args.port, limits, verbose=args.verbose)
     ready = time.perf_counter() - t0
 

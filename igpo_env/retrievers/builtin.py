@@ -6,6 +6,12 @@ Local backends (``bm25``, ``bm25-rank``, ``dense``) take ``corpus=`` (a JSONL pa
 non-default parameters). A built local backend is memoised per process: the same name,
 corpus and keyword arguments give back the same object, so 16 envs share one index.
 
+``faiss-prebuilt`` loads a prebuilt FAISS index as-is (Search-R1's ``e5_Flat.index``):
+``index_path=``, ``corpus_path=`` (the JSONL whose row i is FAISS id i, read row by row, never
+parsed whole), ``encoder_dir=`` and the encoder's settings (see
+:mod:`igpo_env.retrievers.prebuilt`). It is memoised per process by its files (path, size,
+mtime) and keyword arguments, so 16 envs share one mapped index.
+
 Remote backends (``http``, ``searxng``, ``serper``) take no corpus.
 
 Every factory also accepts ``cache=PATH`` (an sqlite file) and ``replay_only=False``: the
@@ -139,6 +145,39 @@ def _dense(docs, folder, **kw):
     return DenseRetriever(docs, folder, **kw)
 
 
+def _file_key(path: Any) -> Any:
+    """A path's identity for the memo: resolved path, size and mtime (the raw value if absent)."""
+    try:
+        found = Path(path).expanduser().resolve()
+        stat = found.stat()
+    except (TypeError, OSError):
+        return str(path)
+    return (str(found), stat.st_size, stat.st_mtime_ns)
+
+
+def _prebuilt_factory(
+    index_path: str | Path | None = None,
+    corpus_path: str | Path | None = None,
+    encoder_dir: str | Path | None = None,
+    cache: str | Path | None = None,
+    replay_only: bool = False,
+    **params: Any,
+) -> Retriever:
+    """Build the ``faiss-prebuilt`` backend (see :class:`~.prebuilt.PrebuiltFaissRetriever`)."""
+
+    def inner() -> Retriever:
+        from igpo_env.retrievers.prebuilt import PrebuiltFaissRetriever
+
+        files = [_file_key(p) for p in (index_path, corpus_path, encoder_dir)]
+        key = _memo_key("faiss-prebuilt", json.dumps(files, default=str), None, params)
+        with _MEMO_LOCK:
+            if key not in _MEMO:
+                _MEMO[key] = PrebuiltFaissRetriever(index_path, corpus_path, encoder_dir, **params)
+            return _MEMO[key]
+
+    return _maybe_cached("faiss-prebuilt", inner, cache, replay_only)
+
+
 def _http(**kw):
     from igpo_env.retrievers.http import HTTPRetriever
 
@@ -167,6 +206,7 @@ def clear_memo() -> None:
 register_retriever("bm25", _local("bm25", _bm25s))
 register_retriever("bm25-rank", _local("bm25-rank", _rank))
 register_retriever("dense", _local("dense", _dense))
+register_retriever("faiss-prebuilt", _prebuilt_factory)
 register_retriever("http", _remote("http", _http))
 register_retriever("searxng", _remote("searxng", _searxng))
 register_retriever("serper", _remote("serper", _serper))

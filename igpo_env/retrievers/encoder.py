@@ -15,6 +15,10 @@ autocast gave 1.8x and 1.1x. Rows stay float32; measured cosine to the float32 r
 0.99994 (documents) and >= 0.99995 (queries), and :data:`BF16_MIN_COSINE` is the bound the
 tests hold it to. ``"auto"`` picks bf16 only on CPUs with native bf16 (AVX-512 BF16 or AMX),
 since emulated bf16 is slower than float32.
+
+The same class encodes queries for a prebuilt index (:mod:`igpo_env.retrievers.prebuilt`)
+with another model folder: ``pooling`` ("mean", "cls": the first token's last hidden state,
+"pooler": the model's ``pooler_output``) and ``normalize`` are then that index's settings.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 POOLING = "mean of the last hidden states over the attention mask, L2-normalised"
 TEXT_TEMPLATE = "title + '\\n' + text (text alone when the title is empty)"
 PRECISIONS = ("fp32", "bf16", "auto")
+POOLINGS = ("mean", "cls", "pooler")
+"""Ways to turn a model's output into one vector (as Search-R1's retrieval server names them)."""
 BF16_MIN_COSINE = 0.9995
 """Lowest cosine allowed between a bf16 row and the float32 row of the same text."""
 MODEL_FILES = (
@@ -145,14 +151,41 @@ def length_order(lengths: Sequence[int]) -> np.ndarray:
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
+def pool_output(torch: Any, output: Any, attention_mask: Any, pooling: str) -> Any:
+    """One float32 vector per row of a transformers model output (see :data:`POOLINGS`).
+
+    ``mean``: the attention-masked mean of the last hidden states; ``cls``: the first token's
+    last hidden state; ``pooler``: ``output.pooler_output`` (BERT's tanh dense layer).
+    """
+    if pooling == "mean":
+        hidden = output.last_hidden_state.float()  # (B, T, D)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, D)
+    if pooling == "cls":
+        return output.last_hidden_state[:, 0].float()
+    if pooling == "pooler":
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None:
+            raise ValueError("pooling='pooler' needs a model with a pooler; use 'mean' or 'cls'")
+        return pooled.float()
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
 class MiniLMEncoder:
-    """Sentence embeddings (mean pooling + L2 norm) from a local MiniLM checkpoint."""
+    """Sentence embeddings from a local transformers checkpoint (MiniLM by default).
+
+    The defaults (mean pooling, L2-normalised) are the dense retriever's; ``pooling`` (one of
+    :data:`POOLINGS`) and ``normalize`` serve other encoders, such as a prebuilt index's e5.
+    """
 
     def __init__(
         self,
         model_dir: str | Path | None = None,
         max_length: int = 256,
         torch_threads: int = 1,
+        *,
+        pooling: str = "mean",
+        normalize: bool = True,
     ) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
@@ -160,6 +193,11 @@ class MiniLMEncoder:
 
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2 (tokens), got {max_length!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be a bool, got {normalize!r}")
+        self.pooling, self.normalize = pooling, normalize
         self.torch = torch
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         self.max_length = max_length
@@ -197,7 +235,7 @@ class MiniLMEncoder:
         precision: str = "fp32",
         desc: str = "encoding",
     ) -> np.ndarray:
-        """Embed ``texts`` -> float32 array (n, dim) with unit rows, in input order.
+        """Embed ``texts`` -> float32 array (n, dim), in input order (unit rows if normalize).
 
         Batches of more than one are formed longest first; ``threads`` (default: the
         encoder's ``torch_threads``; 0 = all cores) and ``precision`` apply to this call only;
@@ -228,16 +266,17 @@ class MiniLMEncoder:
         return out
 
     def _encode_batch(self, batch: list[str], bf16: bool) -> np.ndarray:
-        """One forward pass: tokenise, run the model, mean-pool, normalise (float32 out)."""
+        """One forward pass: tokenise, run the model, pool, maybe normalise (float32 out)."""
         torch = self.torch
         enc = self.tokenizer(
             batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         with torch.inference_mode():
-            hidden = self._model_for(bf16)(**enc).last_hidden_state.float()  # (B, T, D)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, D)
-            return torch.nn.functional.normalize(pooled, p=2, dim=-1).numpy()
+            output = self._model_for(bf16)(**enc)
+            pooled = pool_output(torch, output, enc["attention_mask"], self.pooling)  # (B, D)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+            return pooled.numpy()
 
 
 def _progress_bar(total: int, desc: str) -> Any:
