@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "build_faiss_index",
     "default_model_dir",
     "doc_text",
+    "faiss_hits",
     "faiss_search",
     "shared_encoder",
 ]
@@ -122,6 +124,17 @@ class LRUMemo:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def faiss_hits(ids: np.ndarray, scores: np.ndarray, doc_at: Callable[[int], Document]) -> list[Hit]:
+    """``Hit`` records for one query's FAISS result row; ``doc_at(i)`` is document i (the
+    FAISS id); empty slots (id -1, fewer vectors than k) are skipped."""
+    hits = []
+    for j, s in zip(ids.tolist(), scores.tolist(), strict=True):
+        if j >= 0:
+            d = doc_at(j)
+            hits.append(Hit(doc_id=d.id, title=d.title, text=d.text, score=float(s)))
+    return hits
 
 
 class DenseRetriever:
@@ -283,12 +296,7 @@ class DenseRetriever:
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits for one query's FAISS row (missing slots, id -1, skipped)."""
-        hits = []
-        for j, s in zip(ids.tolist(), scores.tolist(), strict=True):
-            if j >= 0:
-                d = self.docs[j]
-                hits.append(Hit(doc_id=d.id, title=d.title, text=d.text, score=float(s)))
-        return hits
+        return faiss_hits(ids, scores, self.docs.__getitem__)
 
     def __repr__(self) -> str:
         return (

@@ -29,7 +29,7 @@ import numpy as np
 
 from igpo_env.retrievers.base import Hit
 from igpo_env.retrievers.bm25 import announce, check_k, check_queries
-from igpo_env.retrievers.dense import LRUMemo, faiss_search
+from igpo_env.retrievers.dense import LRUMemo, faiss_hits, faiss_search
 from igpo_env.retrievers.encoder import POOLINGS, MiniLMEncoder, check_threads, resolve_precision
 from igpo_env.retrievers.rows import JsonlRows
 
@@ -222,12 +222,7 @@ class PrebuiltFaissRetriever:
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits for one query's FAISS row, read from the corpus (id -1, an empty slot, skipped)."""
-        hits = []
-        for j, s in zip(ids.tolist(), scores.tolist(), strict=True):
-            if j >= 0:
-                d = self.rows[j]
-                hits.append(Hit(doc_id=d.id, title=d.title, text=d.text, score=float(s)))
-        return hits
+        return faiss_hits(ids, scores, self.rows.__getitem__)
 
     def __repr__(self) -> str:
         return (
