@@ -60,6 +60,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from igpo_agent import logging_utils as K  # noqa: E402
+from igpo_agent.plot import rolling_mean, smoothing_window  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ("igpo", "grpo")
@@ -309,27 +310,38 @@ def plot_learning(rows: list[dict[str, Any]], out_png: Path) -> Path:
             )
         pts = [(r["rollouts_seen"], r["format_error_rate"]) for r in tr]
         pts = [p for p in pts if p[1] is not None]
-        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        w = smoothing_window(len(pts)) if pts else 1  # one step is 8 rollouts: smooth, say so
+        axes[1].plot(
+            [p[0] for p in pts],
+            rolling_mean([p[1] for p in pts], w),
+            color=line.get_color(),
+            label=f"{label} (mean of last {w} steps)",
+        )
         for key, style in (("all_equal_groups", "-"), ("nonzero_adv_tokens", "--")):
             pts = [(r["rollouts_seen"], r.get(key)) for r in tr]
             pts = [p for p in pts if isinstance(p[1], (int, float))]
             if pts:
+                w = smoothing_window(len(pts))
                 axes[3].plot(
                     [p[0] for p in pts],
-                    [p[1] for p in pts],
+                    rolling_mean([p[1] for p in pts], w),
                     style,
                     color=line.get_color(),
-                    label=f"{label}: {key.replace('_', ' ')}",
+                    label=f"{label}: {key.replace('_', ' ')} (last {w} steps)",
                 )
     axes[0].set(
         title="dev F1 (greedy, 95% CI band) vs rollouts", xlabel="rollouts seen", ylabel="F1"
     )
     axes[3].set(
-        title="signal: all-equal groups (-), non-zero adv. tokens (--)",
+        title="signal (rolling mean): all-equal groups (-), non-zero adv. tokens (--)",
         xlabel="rollouts seen",
         ylabel="share",
     )
-    axes[1].set(title="train format-error rate vs rollouts", xlabel="rollouts seen", ylabel="rate")
+    axes[1].set(
+        title="train format-error rate vs rollouts (rolling mean)",
+        xlabel="rollouts seen",
+        ylabel="rate",
+    )
     ig = [r for r in rows if r["kind"] == "train" and r["ig_turn"]]
     turns = sorted({int(k) for r in ig for k in r["ig_turn"]})
     for k in turns:
