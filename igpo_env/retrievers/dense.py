@@ -60,6 +60,7 @@ __all__ = [
     "doc_text",
     "faiss_hits",
     "faiss_search",
+    "vector_search",
     "shared_encoder",
 ]
 
@@ -135,6 +136,43 @@ def faiss_hits(ids: np.ndarray, scores: np.ndarray, doc_at: Callable[[int], Docu
             d = doc_at(j)
             hits.append(Hit(doc_id=d.id, title=d.title, text=d.text, score=float(s)))
     return hits
+
+
+def vector_search(
+    queries: list[str],
+    k: int,
+    *,
+    memo: LRUMemo,
+    lock: threading.Lock,
+    encode: Callable[[list[str]], np.ndarray],
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    hits: Callable[[np.ndarray, np.ndarray], list[Hit]],
+) -> list[list[Hit]]:
+    """The search loop both FAISS backends share: blank queries get no hits; the non-blank
+    ones are encoded in one batch and searched under ``lock``; a search of exactly one
+    non-blank query is answered from (and stored in) ``memo``, keyed by (query, k), so a
+    remembered result is exactly what a fresh search of that query alone gives.
+    ``queries`` and ``k`` must be checked by the caller (``k`` capped at the index size)."""
+    out: list[list[Hit]] = [[] for _ in queries]
+    todo = [i for i, q in enumerate(queries) if q.strip()]
+    if not todo:
+        return out
+    key = (queries[todo[0]], k) if len(todo) == 1 else None
+    if key is not None:
+        with lock:
+            remembered = memo.get(key)
+        if remembered is not None:
+            out[todo[0]] = list(remembered)
+            return out
+    vectors = encode([queries[i] for i in todo])
+    with lock:
+        scores, ids = search(vectors, k)
+    for row, i in enumerate(todo):
+        out[i] = hits(ids[row], scores[row])
+    if key is not None:
+        with lock:
+            memo.put(key, tuple(out[todo[0]]))
+    return out
 
 
 class DenseRetriever:
@@ -270,29 +308,17 @@ class DenseRetriever:
         memo, so repeating it costs a dictionary lookup.
         """
         queries = check_queries(queries)
-        k = min(check_k(k), len(self.docs))
-        out: list[list[Hit]] = [[] for _ in queries]
-        todo = [i for i, q in enumerate(queries) if q.strip()]
-        if not todo:
-            return out
-        key = (queries[todo[0]], k) if len(todo) == 1 else None
-        if key is not None:
-            with self._lock:
-                remembered = self.memo.get(key)
-            if remembered is not None:
-                out[todo[0]] = list(remembered)
-                return out
-        vectors = self.encoder.encode(
-            [queries[i] for i in todo], self.batch_size, precision=self.query_precision
+        return vector_search(
+            queries,
+            min(check_k(k), len(self.docs)),
+            memo=self.memo,
+            lock=self._lock,
+            encode=lambda qs: self.encoder.encode(
+                qs, self.batch_size, precision=self.query_precision
+            ),
+            search=lambda v, kk: faiss_search(self.index, v, kk),
+            hits=self._hits,
         )
-        with self._lock:
-            scores, ids = faiss_search(self.index, vectors, k)
-        for row, i in enumerate(todo):
-            out[i] = self._hits(ids[row], scores[row])
-        if key is not None:
-            with self._lock:
-                self.memo.put(key, tuple(out[todo[0]]))
-        return out
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Hits for one query's FAISS row (missing slots, id -1, skipped)."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from igpo_env.retrievers.base import Hit
 from igpo_env.retrievers.bm25 import announce, check_k, check_queries
-from igpo_env.retrievers.dense import LRUMemo, faiss_hits, faiss_search
+from igpo_env.retrievers.dense import LRUMemo, faiss_hits, faiss_search, vector_search
 from igpo_env.retrievers.encoder import POOLINGS, MiniLMEncoder, check_threads, resolve_precision
 from igpo_env.retrievers.rows import JsonlRows
 
@@ -190,27 +190,15 @@ class PrebuiltFaissRetriever:
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """The ``k`` nearest corpus rows of each query, best first (blank queries: no hits)."""
         queries = check_queries(queries)
-        k = min(check_k(k), self.ntotal)
-        out: list[list[Hit]] = [[] for _ in queries]
-        todo = [i for i, q in enumerate(queries) if q.strip()]
-        if not todo:
-            return out
-        key = (queries[todo[0]], k) if len(todo) == 1 else None
-        if key is not None:
-            with self._lock:
-                remembered = self.memo.get(key)
-            if remembered is not None:
-                out[todo[0]] = list(remembered)
-                return out
-        vectors = self.encode_queries([queries[i] for i in todo])
-        with self._lock:
-            scores, ids = self._faiss_search(vectors, k)
-        for row, i in enumerate(todo):
-            out[i] = self._hits(ids[row], scores[row])
-        if key is not None:
-            with self._lock:
-                self.memo.put(key, tuple(out[todo[0]]))
-        return out
+        return vector_search(
+            queries,
+            min(check_k(k), self.ntotal),
+            memo=self.memo,
+            lock=self._lock,
+            encode=self.encode_queries,
+            search=self._faiss_search,
+            hits=self._hits,
+        )
 
     def _faiss_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.search_threads:
