@@ -73,6 +73,17 @@ __all__ = ["IGPOConfig", "IGPORecord", "IGPOTrainer"]
 _DEFAULTS = TrainConfig()
 _WRAPPER = {f.name: f.default for f in dataclasses.fields(Protocol)}
 IG_METHODS: tuple[str, ...] = ("auto", "packed", "naive")
+_ALGO_KNOBS = (  # IGPOConfig fields that are TrainConfig fields of the same name and meaning
+    "algo",
+    "ig_mode",
+    "norm",
+    "gamma",
+    "ig_turns",
+    "ig_weight",
+    "ig_weight_end",
+    "ig_exclude_zero",
+    "format_penalty",
+)
 
 
 def _knob(default: Any, help_text: str) -> Any:
@@ -106,21 +117,17 @@ class IGPOConfig(GRPOConfig):
     answer_suffix: str = _knob(_WRAPPER["answer_suffix"], "Answer wrapper after the gold.")
     answers_column: str = _knob("answers", "Dataset column with the gold answer(s).")
 
+    def train_config(self, **over: Any) -> TrainConfig:
+        """The ``TrainConfig`` holding these algorithm knobs (``format_penalty=None``: its
+        default), with ``over`` on top; building it validates them."""
+        knobs = {name: getattr(self, name) for name in _ALGO_KNOBS}
+        if self.format_penalty is None:
+            knobs["format_penalty"] = _DEFAULTS.format_penalty
+        return dataclasses.replace(_DEFAULTS, **{**knobs, **over})
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        penalty = _DEFAULTS.format_penalty if self.format_penalty is None else self.format_penalty
-        dataclasses.replace(  # raises igpo_agent's own errors for bad values
-            _DEFAULTS,
-            algo=self.algo,
-            ig_mode=self.ig_mode,
-            norm=self.norm,
-            gamma=self.gamma,
-            ig_turns=self.ig_turns,
-            ig_weight=self.ig_weight,
-            ig_weight_end=self.ig_weight_end,
-            ig_exclude_zero=self.ig_exclude_zero,
-            format_penalty=penalty,
-        )
+        self.train_config()  # raises igpo_agent's own errors for bad values
         if self.ig_turns not in IG_TURNS:  # TrainConfig checks it too; kept explicit
             raise ValueError(f"ig_turns must be one of {IG_TURNS}, got {self.ig_turns!r}")
         if self.ig_method not in IG_METHODS:
@@ -197,16 +204,9 @@ class IGPOTrainer(GRPOTrainer):
         return rewards
 
     def _igpo_weight(self) -> float:
-        cfg = self.args
-        if cfg.ig_weight_end is None:
-            return float(cfg.ig_weight)
-        schedule = dataclasses.replace(
-            _DEFAULTS,
-            ig_weight=cfg.ig_weight,
-            ig_weight_end=cfg.ig_weight_end,
-            steps=max(int(self.state.max_steps), 1),
-        )
-        return ig_weight_at(schedule, int(self.state.global_step) + 1)
+        """The IG weight of this step: fixed, or igpo_agent's linear schedule over max_steps."""
+        schedule = self.args.train_config(steps=max(int(self.state.max_steps), 1))
+        return float(ig_weight_at(schedule, int(self.state.global_step) + 1))
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """TRL's batch, with ``advantages`` replaced by IGPO's (B, T) per-token advantages."""
