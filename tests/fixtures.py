@@ -59,3 +59,19 @@ def chat_prompt_fn(tokenizer: Any) -> Any:
 def plain_prompt_fn(tokenizer: Any) -> Any:
     """Prompt text -> ids as a plain ``User: ... Assistant:`` transcript (no template)."""
     return lambda text: tokenizer.encode(f"User: {text}\n\nAssistant:")
+
+
+TINY_CPU_GRPO: dict[str, Any] = dict(
+    num_generations=3,
+    learning_rate=1e-2,
+    use_cpu=True,
+    bf16=False,
+    activation_checkpointing=False,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    shuffle_dataset=False,
+    seed=0,
+)
+"""``GRPOConfig`` settings the TRL tests share: a seeded CPU run in fp32, no logging
+backends, no checkpoints (each test adds its output_dir, steps, batch and lengths)."""

@@ -31,6 +31,7 @@ from igpo_agent.integrations.turns import (  # noqa: E402
 )
 from igpo_agent.learner import belief_matrix, compute_advantages, pad_batch  # noqa: E402
 from igpo_agent.trajectory import Span, Trajectory  # noqa: E402
+from tests.fixtures import TINY_CPU_GRPO  # noqa: E402
 
 A, Z = "<answer>", "</answer>"
 ERROR = "{'error': 'Tool web_find not found.'}"
@@ -268,18 +269,9 @@ def test_igpo_trainer_step_trains_lora_with_token_advantages(
         output_dir=str(tmp_path / "out"),
         max_steps=1,
         per_device_train_batch_size=6,
-        num_generations=3,
         max_completion_length=512,
-        learning_rate=1e-2,
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        shuffle_dataset=False,
-        seed=0,
         gamma=0.9,
+        **TINY_CPU_GRPO,
     )
     with pytest.raises(TypeError, match="IGPOConfig"):
         plain = trl.GRPOConfig(str(tmp_path), use_cpu=True, bf16=False, report_to="none")

@@ -30,6 +30,7 @@ from igpo_env.integrations.trl import (  # noqa: E402
     prepare_tokenizer,
 )
 from igpo_env.retrievers.base import Hit, SearchError  # noqa: E402
+from tests.fixtures import TINY_CPU_GRPO  # noqa: E402
 
 QUERY = "capital of France"
 TOOL_CALL = (
@@ -104,17 +105,8 @@ def test_grpo_trainer_masks_tool_output_and_rewards_env_scores(
         output_dir=str(tmp_path / "out"),
         max_steps=2,
         per_device_train_batch_size=3,
-        num_generations=3,
         max_completion_length=256,
-        learning_rate=1e-2,
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        shuffle_dataset=False,
-        seed=0,
+        **TINY_CPU_GRPO,
     )
     trainer = trl.GRPOTrainer(
         model=model,
