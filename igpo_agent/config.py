@@ -187,6 +187,12 @@ class TrainConfig:
     dump_rollouts_every: int = _f(
         1, "loop", "Write rollouts/step-N.jsonl every N steps (0: never)."
     )
+    export_batches_every: int = _f(
+        0,
+        "loop",
+        "Write batches/step-N.jsonl (token ids, action mask, per-token advantages for "
+        "other trainers: docs/EXPORT.md) every N steps (0: never).",
+    )
     log_every: int = _f(1, "loop", "Log metrics every N steps.")
     resume: bool | str = _f(
         False, "loop", "false, true (latest checkpoint in run_dir) or a checkpoint path."
@@ -352,7 +358,13 @@ def validate(cfg: TrainConfig) -> list[str]:
         e.append(f"warmup_steps={cfg.warmup_steps}: use a value >= 0")
     elif cfg.steps > 0 and cfg.warmup_steps > cfg.steps:
         e.append(f"warmup_steps={cfg.warmup_steps} exceeds steps={cfg.steps}: lower it")
-    for name in ("eval_every", "eval_questions", "save_every", "dump_rollouts_every"):
+    for name in (
+        "eval_every",
+        "eval_questions",
+        "save_every",
+        "dump_rollouts_every",
+        "export_batches_every",
+    ):
         if getattr(cfg, name) < 0:
             e.append(f"{name}={getattr(cfg, name)}: use 0 (off / only at the end) or more")
     if cfg.eval_batch_size < 1:

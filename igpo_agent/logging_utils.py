@@ -370,10 +370,16 @@ def rollout_record(
 
 
 class RolloutDumper:
-    """Writes a step's rollouts to ``RUN_DIR/rollouts/step-N.jsonl``, one record per line."""
+    """Writes a step's records to ``RUN_DIR/SUBDIR/step-N.jsonl``, one record per line.
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True) -> None:
-        self.dir = Path(run_dir) / "rollouts"
+    ``rollouts/`` holds the readable dumps (text, per-turn rewards); ``batches/`` the
+    token-level export of :mod:`igpo_agent.export`.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, *, enabled: bool = True, subdir: str = "rollouts"
+    ) -> None:
+        self.dir = Path(run_dir) / subdir
         self.enabled = enabled
 
     def dump(self, step: int, records: Iterable[Mapping[str, Any]]) -> Path | None:

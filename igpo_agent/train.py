@@ -32,6 +32,7 @@ from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
 from igpo_agent.engines import make_engine
 from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.export import batch_records
 from igpo_agent.learner import (
     LossSettings,
     belief_matrix,
@@ -267,6 +268,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         resume_step=start if resume_from is not None else None,
     )
     dumper = K.RolloutDumper(cfg.run_dir, enabled=cfg.dump_rollouts_every > 0 and world.is_main)
+    exporter = K.RolloutDumper(
+        cfg.run_dir, enabled=cfg.export_batches_every > 0 and world.is_main, subdir="batches"
+    )
     prefix, suffix = answer_wrapper(envs[0])
     ig_method = resolve_ig_method(cfg)
     live_ig = cfg.algo == "igpo" and ig_method == "live"
@@ -380,6 +384,18 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         if cfg.dump_rollouts_every and step % cfg.dump_rollouts_every == 0:
             records = D.all_gather_objects(_rollout_records(trajs, adv, values), world)
             dumper.dump(step, [r for rank_records in records for r in rank_records])
+        if cfg.export_batches_every and step % cfg.export_batches_every == 0:
+            rows = batch_records(
+                trajs,
+                adv,
+                values,
+                outcome,
+                step=step,
+                algo=cfg.algo,
+                temperature=cfg.temperature,
+                rank=world.rank,
+            )
+            exporter.dump(step, [r for rs in D.all_gather_objects(rows, world) for r in rs])
         if cfg.eval_questions != 0 and cfg.eval_every and step % cfg.eval_every == 0:
             if step < cfg.steps:
                 if eval_envs:

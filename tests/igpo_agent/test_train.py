@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from igpo_agent.config import TrainConfig
+from igpo_agent.export import exported_steps, read_batch
 from igpo_agent.train import QuestionSampler, lr_lambda, train
 from tests.fixtures import write_corpus, write_qa
 
@@ -90,7 +91,7 @@ def test_cli_smoke(tiny_smol_model_path: Path, data: dict[str, str], tmp_path: P
     cmd = [sys.executable, "-m", "igpo_agent.train", "--config", "configs/tiny_test.yaml"]
     cmd += ["--model", str(tiny_smol_model_path), "--run_dir", str(run), "--steps", "2"]
     cmd += ["--corpus", data["corpus"], "--train_qa", data["train_qa"]]
-    cmd += ["--eval_qa", data["eval_qa"]]
+    cmd += ["--eval_qa", data["eval_qa"], "--export_batches_every", "2"]
     env = {**os.environ, "IGPO_CACHE": str(tmp_path / "cache")}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -102,6 +103,9 @@ def test_cli_smoke(tiny_smol_model_path: Path, data: dict[str, str], tmp_path: P
         assert key in train_rows[-1]
     assert any("eval/f1" in r for r in rows)
     assert (run / "rollouts" / "step-2.jsonl").is_file()
+    assert list(exported_steps(run)) == [2]  # every 2nd step, read back and checked
+    batch = read_batch(exported_steps(run)[2])
+    assert len(batch) == 2 and {r["algo"] for r in batch} == {"igpo"}
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert (run / "final" / "adapter_model.safetensors").is_file()
 
