@@ -13,12 +13,10 @@ from gymnasium.error import ResetNeeded
 from igpo_env.data import QAExample, load_qa, resolve_qa_path
 from igpo_env.metrics import METRICS, MODES, score_answer
 from igpo_env.protocol import Answer, Invalid, Protocol, Search, get_protocol
-from igpo_env.retrievers.base import Retriever, SearchError, available_retrievers, make_retriever
+from igpo_env.retrievers.base import Retriever, SearchError
+from igpo_env.retrievers.registry import RetrieverSpec, retriever_spec, retriever_specs
 from igpo_env.spaces import FreeText
 
-LOCAL_BACKENDS = ("bm25", "bm25-rank", "dense")  # these take corpus=; the others do not
-FILE_CORPUS_BACKENDS = {"faiss-prebuilt": "corpus_path"}  # corpus= is their corpus file
-URL_ENV_VARS = {"http": "IGPO_RETRIEVER_URL", "searxng": "IGPO_SEARXNG_URL"}
 MAX_OBSERVATION_CHARS = 200_000  # observations (prompt included) are clipped to this
 ON_INVALID = ("continue", "terminate")
 
@@ -130,10 +128,10 @@ class SearchQAEnv(gym.Env[str, str]):
     | Parameter          | Type                          | Default           | Description |
     |--------------------|-------------------------------|-------------------|-------------|
     | `qa`               | str, Path, list[QAExample]    | `"default:train"` | QA set: JSONL path, `"default:SPLIT"`, or examples |
-    | `corpus`           | str, Path, list[Document]     | None (`"default"`)| corpus of a local backend (bm25, bm25-rank, dense); for `faiss-prebuilt`, the JSONL whose row i is FAISS id i |
-    | `retriever`        | str or Retriever              | `"bm25"`          | backend name for `make_retriever`, or an instance |
+    | `corpus`           | str, Path, list[Document]     | None (`"default"`)| corpus of a backend whose spec has `takes_corpus` (bm25, bm25-rank, dense); for `faiss-prebuilt`, the JSONL whose row i is FAISS id i |
+    | `retriever`        | str or Retriever              | `"bm25"`          | registered name, `"package.module:attr"`, or an instance (see `igpo_env.retrievers.registry`) |
     | `retriever_kwargs` | dict or None                  | None              | extra keyword arguments for the backend |
-    | `url`              | str or None                   | None              | server of `http`/`searxng` (else `$IGPO_RETRIEVER_URL` / `$IGPO_SEARXNG_URL`) |
+    | `url`              | str or None                   | None              | server of a remote backend (else its spec's `url_env`: `$IGPO_RETRIEVER_URL` for `http`, `$IGPO_SEARXNG_URL` for `searxng`) |
     | `protocol`         | str                           | `"tags"`          | `"tags"` or `"tool_call"` |
     | `top_k`            | int                           | 3                 | documents per query |
     | `doc_max_words`    | int                           | 100               | words kept per document |
@@ -244,42 +242,26 @@ class SearchQAEnv(gym.Env[str, str]):
                     "they cannot apply to a retriever instance (build it with them instead)"
                 )
             return retriever
-        if retriever not in available_retrievers():
-            raise ValueError(
-                f"unknown retriever {retriever!r}; choose one of {available_retrievers()} "
-                "or pass a Retriever instance"
-            )
-        if retriever in FILE_CORPUS_BACKENDS:
+        try:
+            spec = retriever_spec(retriever)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or pass a Retriever instance") from None
+        if spec.takes_corpus:
             if url is not None:
                 raise ValueError(f"url is for remote backends; {retriever!r} reads corpus=")
-            if corpus is not None:
-                arg = FILE_CORPUS_BACKENDS[retriever]
-                if not isinstance(corpus, (str, Path)) or str(corpus) == "default":
-                    raise ValueError(
-                        f"the {retriever!r} backend takes corpus= as the path of the JSONL its "
-                        f"index was built from (row i = FAISS id i), got {corpus!r}"
-                    )
-                if arg in kwargs and str(kwargs[arg]) != str(corpus):
-                    raise ValueError(
-                        f"corpus={str(corpus)!r} and retriever_kwargs[{arg!r}]="
-                        f"{str(kwargs[arg])!r} disagree; pass the corpus once"
-                    )
-                kwargs[arg] = corpus
-        elif retriever in LOCAL_BACKENDS:
-            if url is not None:
-                raise ValueError(f"url is for remote backends; {retriever!r} reads corpus=")
-            kwargs.setdefault("corpus", "default" if corpus is None else corpus)
+            _give_corpus(spec, corpus, kwargs)
         else:
             if corpus is not None:
+                readers = sorted(n for n, s in retriever_specs().items() if s.takes_corpus)
                 raise ValueError(
-                    f"the {retriever!r} backend has no corpus= (its server holds the documents); "
-                    f"drop corpus or use one of {LOCAL_BACKENDS + tuple(FILE_CORPUS_BACKENDS)}"
+                    f"the {retriever!r} backend has no corpus= (its RetrieverSpec says "
+                    "takes_corpus=False, as for a server that holds the documents); drop "
+                    f"corpus or use one of {readers}"
                 )
-            env_var = URL_ENV_VARS.get(retriever)
-            url = url or (os.environ.get(env_var) if env_var else None)
+            url = url or (os.environ.get(spec.url_env) if spec.url_env else None)
             if url:
                 kwargs.setdefault("url", url)
-        return make_retriever(retriever, **kwargs)
+        return spec.make(**kwargs)
 
     # ----------------------------------------------------------------- gym API
 
@@ -409,6 +391,30 @@ class SearchQAEnv(gym.Env[str, str]):
         metrics = score_answer(act.text, self._example.answers, self.normalization)
         info.update(action="answer", think=act.think, answer=act.text, metrics=metrics)
         return metrics[self.reward_metric]
+
+
+def _give_corpus(spec: RetrieverSpec, corpus: Any, kwargs: dict[str, Any]) -> None:
+    """Put the env's ``corpus`` into the backend's keyword arguments, as its spec says:
+    ``takes_corpus=True``: ``corpus=`` (``"default"`` when not given); a keyword name: that
+    keyword, which must be a JSONL path (the file a prebuilt index was built from)."""
+    if spec.takes_corpus is True:
+        kwargs.setdefault("corpus", "default" if corpus is None else corpus)
+        return
+    if corpus is None:
+        return
+    arg = spec.corpus_kwarg
+    if not isinstance(corpus, (str, Path)) or str(corpus) == "default":
+        raise ValueError(
+            f"the {spec.name!r} backend takes corpus= as the path of a JSONL file (its "
+            f"{arg}=; for a prebuilt index, the file it was built from: row i = FAISS id i), "
+            f"got {corpus!r}"
+        )
+    if arg in kwargs and str(kwargs[arg]) != str(corpus):
+        raise ValueError(
+            f"corpus={str(corpus)!r} and retriever_kwargs[{arg!r}]="
+            f"{str(kwargs[arg])!r} disagree; pass the corpus once"
+        )
+    kwargs[arg] = corpus
 
 
 def _adhoc_example(options: dict[str, Any]) -> QAExample:

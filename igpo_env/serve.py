@@ -4,6 +4,8 @@
 processes share one index (point them at it with ``make_retriever("http", url=...)``).
 ``--retriever faiss-prebuilt --index-path e5_Flat.index --corpus wiki-18.jsonl --encoder-dir
 e5-base-v2`` serves a prebuilt FAISS index as-is (see :mod:`igpo_env.retrievers.prebuilt`).
+Any backend whose :class:`~igpo_env.retrievers.RetrieverSpec` reads a corpus can be served:
+a registered name, an installed entry point, or ``--retriever package.module:attr``.
 
 - ``POST /retrieve`` ``{"queries": [...], "topk": k, "return_scores": bool}`` ->
   ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (bare documents
@@ -34,6 +36,7 @@ from typing import Any
 
 from igpo_env.batching import Batcher
 from igpo_env.retrievers.base import Hit, Retriever
+from igpo_env.retrievers.registry import retriever_spec, retriever_specs
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local retriever over the Search-R1 /retrieve protocol.",
     )
     p.add_argument(
-        "--retriever", default="bm25", choices=["bm25", "bm25-rank", "dense", "faiss-prebuilt"]
+        "--retriever",
+        default="bm25",
+        help="a backend that reads a corpus: bm25, bm25-rank, dense, faiss-prebuilt, another "
+        "registered or installed name, or package.module:attr (default: bm25)",
     )
     p.add_argument("--corpus", default="default", help="corpus JSONL path, or 'default'")
     p.add_argument("--index-dir", default=None, help="index folder (default: the cache dir)")
@@ -337,12 +343,32 @@ PREBUILT_ONLY = ("index_path", "encoder_dir")
 
 
 def backend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``make_retriever`` keyword arguments for parsed CLI arguments (errors name the flag)."""
+    """``make_retriever`` keyword arguments for parsed CLI arguments (errors name the flag).
+
+    The backend's spec says where ``--corpus`` goes: ``corpus=`` (``takes_corpus=True``)
+    or the keyword it names (a file path, e.g. ``faiss-prebuilt``'s ``corpus_path=``).
+    """
+    spec = retriever_spec(args.retriever)
+    if not spec.takes_corpus:
+        readers = sorted(n for n, s in retriever_specs().items() if s.takes_corpus)
+        raise ValueError(
+            f"--retriever {args.retriever}: it reads no corpus (a remote backend); serve one "
+            f"that does: {', '.join(readers)}"
+        )
     if args.retriever != "faiss-prebuilt":
         given = [f"--{a.replace('_', '-')}" for a in PREBUILT_ONLY if getattr(args, a)]
         if given:
             raise ValueError(f"{', '.join(given)}: only for --retriever faiss-prebuilt")
-        return {"corpus": args.corpus, "index_dir": args.index_dir}
+        if spec.takes_corpus is not True:
+            if args.corpus == "default":
+                raise ValueError(
+                    f"--retriever {args.retriever} needs --corpus PATH (its {spec.corpus_kwarg}=)"
+                )
+            return {spec.corpus_kwarg: args.corpus}
+        kwargs: dict[str, Any] = {"corpus": args.corpus}
+        if args.index_dir is not None:  # only when given: a user backend may not take it
+            kwargs["index_dir"] = args.index_dir
+        return kwargs
     if args.corpus == "default":
         raise ValueError(
             "--retriever faiss-prebuilt needs --corpus PATH: the JSONL the index was built "
@@ -371,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         kwargs = backend_kwargs(args)
-    except ValueError as exc:
+    except (ValueError, TypeError, ImportError) as exc:
         parser.error(str(exc))
 
     limits = ServeLimits(

@@ -1,16 +1,25 @@
-"""The retrieval contract shared by every backend.
+"""The retrieval contract shared by every backend, and the argument checks they share.
 
 A retriever is batch-first (bm25s style): ``search(queries, k)`` takes a list of query
 strings and returns, for each query, up to ``k`` :class:`Hit` objects, best first.
 Backends that talk to a network raise :class:`SearchError` when they finally give up,
 and the environment turns that into a "search failed: ..." observation.
+
+This module imports nothing else of the package, so any backend (built-in or yours) can
+import it without a cycle. Building a backend by name is :mod:`igpo_env.retrievers.registry`.
 """
 
 from __future__ import annotations
 
+import numbers
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -38,31 +47,44 @@ class Retriever(Protocol):
         ...
 
 
-_FACTORIES: dict[str, Callable[..., Retriever]] = {}
+def check_k(k: int) -> int:
+    """Validate ``k`` (an int >= 1, numpy ints too) and return it as an ``int``; the error
+    says what to pass instead."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an int >= 1, got {type(k).__name__} {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (the number of hits per query), got {k}")
+    return int(k)
 
 
-def register_retriever(name: str, factory: Callable[..., Retriever]) -> None:
-    """Make ``make_retriever(name, **kw)`` build a backend with ``factory(**kw)``."""
-    _FACTORIES[name] = factory
-
-
-def available_retrievers() -> list[str]:
-    """Names accepted by :func:`make_retriever`."""
-    _load_builtin()
-    return sorted(_FACTORIES)
-
-
-def make_retriever(name: str, **kwargs: Any) -> Retriever:
-    """Build a retrieval backend by name (``bm25``, ``bm25-rank``, ``dense``, ``http``, ...)."""
-    _load_builtin()
-    if name not in _FACTORIES:
-        raise ValueError(
-            f"unknown retriever {name!r}; choose one of {sorted(_FACTORIES)} "
-            "or register your own with igpo_env.retrievers.register_retriever"
+def check_queries(queries: list[str]) -> list[str]:
+    """Validate a batch of queries: a list of strings (an empty list is allowed)."""
+    if isinstance(queries, str) or not isinstance(queries, (list, tuple)):
+        raise TypeError(
+            f"queries must be a list of strings (wrap one query as [query]), got {type(queries).__name__}"
         )
-    return _FACTORIES[name](**kwargs)
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise TypeError(f"queries[{i}] must be a str, got {type(q).__name__}")
+    return list(queries)
 
 
-def _load_builtin() -> None:
-    """Import the built-in backends lazily so that importing the env stays cheap."""
-    from igpo_env.retrievers import builtin  # noqa: F401  (registers on import)
+def announce(message: str) -> None:
+    """One line on stderr about a first-time index build (what, from what, where)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_dir_atomically(final: Path, build: Callable[[Path], None]) -> None:
+    """Build into a temporary sibling folder, then rename it into place (safe for racing builders)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():  # another process won only if it finished
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

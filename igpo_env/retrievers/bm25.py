@@ -33,15 +33,19 @@ import json
 import os
 import pickle
 import re
-import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from igpo_env.data import Document
-from igpo_env.retrievers.base import Hit
+from igpo_env.retrievers.base import (  # the checks are re-exported here for old imports
+    Hit,
+    announce,
+    build_dir_atomically,
+    check_k,
+    check_queries,
+)
 
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 _TOKENIZER_VERSION = "lower-w2-stopen-v1"
@@ -69,32 +73,6 @@ def document_tokens(doc: Document) -> list[str]:
     return tokenize(f"{doc.title} {doc.text}")
 
 
-def check_k(k: int) -> int:
-    """Validate ``k`` (an int >= 1) and return it; the error says what to pass instead."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int >= 1, got {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1 (the number of hits per query), got {k}")
-    return int(k)
-
-
-def check_queries(queries: list[str]) -> list[str]:
-    """Validate a batch of queries: a list of strings (an empty list is allowed)."""
-    if isinstance(queries, str) or not isinstance(queries, (list, tuple)):
-        raise TypeError(
-            f"queries must be a list of strings (wrap one query as [query]), got {type(queries).__name__}"
-        )
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise TypeError(f"queries[{i}] must be a str, got {type(q).__name__}")
-    return list(queries)
-
-
-def announce(message: str) -> None:
-    """One line on stderr about a first-time index build (what, from what, where)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def corpus_tokens(docs: list[Document], desc: str) -> list[list[str]]:
     """:func:`document_tokens` of every document, with a tqdm bar for big corpora."""
     if len(docs) < PROGRESS_MIN_DOCS:
@@ -112,24 +90,6 @@ def _hits(docs: list[Document], idx: np.ndarray, scores: np.ndarray) -> list[Hit
             d = docs[i]
             out.append(Hit(doc_id=d.id, title=d.title, text=d.text, score=float(s)))
     return out
-
-
-def build_dir_atomically(final: Path, build) -> None:
-    """Build into a temporary sibling folder, then rename it into place (safe for racing builders)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():  # another process won only if it finished
-                raise
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class BM25sRetriever:

@@ -1,4 +1,8 @@
-"""The built-in retrieval backends, registered with :func:`register_retriever` on import.
+"""The factories of the built-in retrieval backends (``make_bm25``, ``make_dense``, ...).
+
+:data:`igpo_env.retrievers.registry.BUILTIN_SPECS` names each one by a
+``"igpo_env.retrievers.builtin:make_..."`` string, so this module (and the backend module
+each factory imports on its first call) loads only when a backend is built.
 
 Local backends (``bm25``, ``bm25-rank``, ``dense``) take ``corpus=`` (a JSONL path,
 ``"default"`` for the shipped corpus, or a ``list[Document]``) and ``index_dir=`` (default
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from igpo_env.data import Document, cache_dir, corpus_fingerprint, load_corpus, resolve_corpus_path
-from igpo_env.retrievers.base import Retriever, register_retriever
+from igpo_env.retrievers.base import Retriever
 
 CorpusArg = str | Path | list[Document]
 
@@ -155,7 +159,7 @@ def _file_key(path: Any) -> Any:
     return (str(found), stat.st_size, stat.st_mtime_ns)
 
 
-def _prebuilt_factory(
+def make_faiss_prebuilt(
     index_path: str | Path | None = None,
     corpus_path: str | Path | None = None,
     encoder_dir: str | Path | None = None,
@@ -203,10 +207,9 @@ def clear_memo() -> None:
         _CORPUS_MEMO.clear()
 
 
-register_retriever("bm25", _local("bm25", _bm25s))
-register_retriever("bm25-rank", _local("bm25-rank", _rank))
-register_retriever("dense", _local("dense", _dense))
-register_retriever("faiss-prebuilt", _prebuilt_factory)
-register_retriever("http", _remote("http", _http))
-register_retriever("searxng", _remote("searxng", _searxng))
-register_retriever("serper", _remote("serper", _serper))
+make_bm25 = _local("bm25", _bm25s)
+make_bm25_rank = _local("bm25-rank", _rank)
+make_dense = _local("dense", _dense)
+make_http = _remote("http", _http)
+make_searxng = _remote("searxng", _searxng)
+make_serper = _remote("serper", _serper)

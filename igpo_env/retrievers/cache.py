@@ -17,8 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from igpo_env.retrievers.base import Hit, Retriever, SearchError
-from igpo_env.retrievers.bm25 import check_k, check_queries
+from igpo_env.retrievers.base import Hit, Retriever, SearchError, check_k, check_queries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (

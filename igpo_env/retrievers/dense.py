@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from igpo_env.data import Document
-from igpo_env.retrievers.base import Hit
-from igpo_env.retrievers.bm25 import announce, build_dir_atomically, check_k, check_queries
+from igpo_env.retrievers.base import Hit, announce, build_dir_atomically, check_k, check_queries
 from igpo_env.retrievers.encoder import (
     MODEL_PACKAGE,
     MiniLMEncoder,

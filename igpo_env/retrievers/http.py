@@ -21,8 +21,7 @@ from typing import Any
 import requests
 
 from igpo_env.data import document_from_row
-from igpo_env.retrievers.base import Hit, SearchError
-from igpo_env.retrievers.bm25 import check_k, check_queries
+from igpo_env.retrievers.base import Hit, SearchError, check_k, check_queries
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 

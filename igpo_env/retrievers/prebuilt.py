@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from igpo_env.retrievers.base import Hit
-from igpo_env.retrievers.bm25 import announce, check_k, check_queries
+from igpo_env.retrievers.base import Hit, announce, check_k, check_queries
 from igpo_env.retrievers.dense import LRUMemo, faiss_hits, faiss_search, vector_search
 from igpo_env.retrievers.encoder import POOLINGS, MiniLMEncoder, check_threads, resolve_precision
 from igpo_env.retrievers.rows import JsonlRows

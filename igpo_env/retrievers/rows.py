@@ -27,7 +27,7 @@ from typing import overload
 import numpy as np
 
 from igpo_env.data import Document, cache_dir, document_from_row, load_corpus
-from igpo_env.retrievers.bm25 import announce
+from igpo_env.retrievers.base import announce
 
 BLOCK_BYTES = 64 << 20
 """Bytes read per step while scanning for line starts."""

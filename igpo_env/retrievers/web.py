@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 
-from igpo_env.retrievers.base import Hit, SearchError
-from igpo_env.retrievers.bm25 import check_k, check_queries
+from igpo_env.retrievers.base import Hit, SearchError, check_k, check_queries
 from igpo_env.retrievers.http import RetryingClient
 
 
