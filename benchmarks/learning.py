@@ -344,11 +344,25 @@ def plot_learning(rows: list[dict[str, Any]], out_png: Path) -> Path:
     )
     ig = [r for r in rows if r["kind"] == "train" and r["ig_turn"]]
     turns = sorted({int(k) for r in ig for k in r["ig_turn"]})
-    for k in turns:
-        pts = [(r["step"], r["ig_turn"][str(k)]) for r in ig if str(k) in r["ig_turn"]]
-        axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"turn {k}")
+    ig_seeds = sorted({str(r.get("seed")) for r in ig})
+    for k in turns:  # one colour per turn, one line style per seed (each seed its own line)
+        color = f"C{k}"
+        for j, seed in enumerate(ig_seeds):
+            mine = [r for r in ig if str(r.get("seed")) == seed and str(k) in r["ig_turn"]]
+            pts = [(r["step"], r["ig_turn"][str(k)]) for r in mine]
+            if not pts:
+                continue
+            w = smoothing_window(len(pts))
+            who = f"turn {k}" if seed == "None" else f"turn {k}, seed {seed}"
+            axes[2].plot(
+                [p[0] for p in pts],
+                rolling_mean([p[1] for p in pts], w),
+                ("-", "--", ":", "-.")[j % 4],
+                color=color,
+                label=f"{who} (mean of last {w} steps)",
+            )
     axes[2].axhline(0.0, color="grey", lw=0.8)
-    axes[2].set(title="IGPO: mean IG reward per turn index", xlabel="step", ylabel="IG")
+    axes[2].set(title="IGPO: mean IG reward per turn index (rolling)", xlabel="step", ylabel="IG")
     if not turns:
         axes[2].text(0.5, 0.5, "no IG records", ha="center", transform=axes[2].transAxes)
     for ax in axes:
