@@ -82,8 +82,8 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     import statistics
     import time
 
-    from igpo_agent.info_gain import trajectory_gold_specs
-    from igpo_agent.sampling import TurnRequest, TurnStats, generate_turn
+    from igpo_agent.ig.beliefs import trajectory_gold_specs
+    from igpo_agent.rollout.sampling import TurnRequest, TurnStats, generate_turn
 
     golds = trajectory_gold_specs(policy.tokenizer, trajs, "<answer>", "</answer>")
     bounds = [t.boundaries() for t in trajs]
@@ -119,7 +119,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
 
 def bench_model(kind: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
     """Time naive vs packed on one model; returns the row's numbers."""
-    from igpo_agent.info_gain import trajectory_belief_values
+    from igpo_agent.ig.beliefs import trajectory_belief_values
 
     policy = load_policy(kind, lora=args.lora, tmp=tmp)
     trajs = scripted_trajectories(
@@ -201,7 +201,7 @@ def step_share(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from igpo_agent.policy import configure_torch_threads
+    from igpo_agent.model.policy import configure_torch_threads
 
     threads = configure_torch_threads(args.threads)
     print(machine_line(threads))

@@ -4,7 +4,7 @@ A 135M instruct model does not follow the search protocol zero-shot, so RL would
 first steps on format errors. This front door:
 
 1. builds demonstration episodes on the train split with the real environment
-   (:mod:`igpo_agent.demonstrations`: search with the question, or a derived query, and
+   (:mod:`igpo_agent.learn.demonstrations`: search with the question, or a derived query, and
    answer with the gold alias once a retrieved document holds it), in the exact token
    format of RL rollouts (prompt | action | observation | ... spans);
 2. fine-tunes a fresh LoRA adapter on them: token-mean cross-entropy over the agent's
@@ -38,21 +38,21 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent import logging_utils as K
-from igpo_agent.checkpoint import seed_everything
-from igpo_agent.demonstrations import DemoStats, build_demonstrations
-from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.learner import pad_batch
-from igpo_agent.policy import (
+from igpo_agent.learn.demonstrations import DemoStats, build_demonstrations
+from igpo_agent.learn.learner import pad_batch
+from igpo_agent.model.policy import (
     LoraSettings,
     Policy,
     configure_torch_threads,
 )
-from igpo_agent.prompts import policy_prompt_fn
-from igpo_agent.sampling import GenerationSettings
-from igpo_agent.trajectory import Trajectory
+from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.rollout.engines import make_engine
+from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.rollout.trajectory import Trajectory
+from igpo_agent.run import logging_utils as K
+from igpo_agent.run.checkpoint import seed_everything
+from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 
 SFT_NLL = "losses/sft_nll"
 """Token-mean negative log-likelihood of the agent's tokens in one optimiser step."""

@@ -17,10 +17,26 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent import distributed as D
-from igpo_agent import logging_utils as K
-from igpo_agent.advantages import all_equal_group_share, nonzero_token_share
-from igpo_agent.checkpoint import (
+from igpo_agent.algo.advantages import all_equal_group_share, nonzero_token_share
+from igpo_agent.algo.rewards import mean_ig_per_turn
+from igpo_agent.algo.stats import mean_ci, wilson_ci
+from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
+from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.ig.live import recorded_belief_values
+from igpo_agent.learn.learner import (
+    LossSettings,
+    belief_matrix,
+    compute_advantages,
+    policy_update,
+    turn_token_counts,
+)
+from igpo_agent.model.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
+from igpo_agent.rollout.engines import make_engine
+from igpo_agent.rollout.episodes import RolloutStats
+from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.run import distributed as D
+from igpo_agent.run import logging_utils as K
+from igpo_agent.run.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
@@ -28,25 +44,9 @@ from igpo_agent.checkpoint import (
     seed_everything,
     trainable_state_dict,
 )
-from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
-from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs_from, make_envs, question_count
-from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.export import batch_records
-from igpo_agent.learner import (
-    LossSettings,
-    belief_matrix,
-    compute_advantages,
-    policy_update,
-    turn_token_counts,
-)
-from igpo_agent.live_belief import recorded_belief_values
-from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
-from igpo_agent.rewards import mean_ig_per_turn
-from igpo_agent.rollout import RolloutStats
-from igpo_agent.run_summary import episode_record, run_summary, write_eval_records
-from igpo_agent.sampling import GenerationSettings
-from igpo_agent.stats import mean_ci, wilson_ci
+from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
+from igpo_agent.run.export import batch_records
+from igpo_agent.run.summary import episode_record, run_summary, write_eval_records
 
 
 class QuestionSampler:
@@ -120,7 +120,7 @@ def run_eval(
 
     Returns the eval metrics and keeps one record per question (qid, f1, em, format_ok,
     ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can be compared
-    question by question (:func:`igpo_agent.stats.paired_diff_ci`).
+    question by question (:func:`igpo_agent.algo.stats.paired_diff_ci`).
     """
     idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
     settings = GenerationSettings(
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
 
     Under ``torchrun``/``accelerate launch`` each rank rolls out its share of the step's
     questions and the gradients are summed over ranks; rank 0 logs, evaluates and saves
-    (:mod:`igpo_agent.distributed`, docs/DISTRIBUTED.md).
+    (:mod:`igpo_agent.run.distributed`, docs/DISTRIBUTED.md).
     """
     world = D.init_distributed(cfg.device)
     try:
@@ -473,7 +473,7 @@ def answer_wrapper(env: Any) -> tuple[str, str]:
 
 
 def _rollout_records(trajs: list, adv: Any, values: torch.Tensor) -> list[dict[str, Any]]:
-    from igpo_agent.logging_utils import rollout_record
+    from igpo_agent.run.logging_utils import rollout_record
 
     out = []
     for i, t in enumerate(trajs):

@@ -14,10 +14,10 @@ pytest.importorskip("vllm")
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from igpo_agent.info_gain import belief_values, gold_spec  # noqa: E402
-from igpo_agent.policy import LoraSettings, Policy  # noqa: E402
-from igpo_agent.rollout import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
-from igpo_agent.trajectory import Trajectory  # noqa: E402
+from igpo_agent.ig.beliefs import belief_values, gold_spec  # noqa: E402
+from igpo_agent.model.policy import LoraSettings, Policy  # noqa: E402
+from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
+from igpo_agent.rollout.trajectory import Trajectory  # noqa: E402
 from igpo_env.data import Document, QAExample  # noqa: E402
 
 torch.set_num_threads(1)
