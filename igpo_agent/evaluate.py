@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent.rollout.engines import HFEngine, make_engine
+from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
@@ -131,7 +131,7 @@ def evaluate_policy(
     settings: GenerationSettings,
     protocol: str,
     stats: RolloutStats | None = None,
-    engine: Any = None,
+    engine: Engine | None = None,
     progress: str | None = None,
 ) -> list[Trajectory]:
     """One greedy (or as ``settings`` say) episode per question index, in env-sized chunks,

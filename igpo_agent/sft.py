@@ -47,7 +47,7 @@ from igpo_agent.model.policy import (
     configure_torch_threads,
 )
 from igpo_agent.model.prompts import policy_prompt_fn
-from igpo_agent.rollout.engines import make_engine
+from igpo_agent.rollout.engines import Engine, make_engine
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
@@ -184,7 +184,7 @@ def run_eval(
     args: argparse.Namespace,
     label: str,
     episodes_path: Path | None = None,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics and,
     with ``episodes_path``, writes each episode's turns there (JSONL) for inspection."""
@@ -281,7 +281,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     logger = K.MetricsLogger(out, tensorboard=False, total_steps=total_steps)
     logger.log(0, stats.as_metrics())
     last: dict[str, float] = {}
-    engine = None
+    engine: Engine | None = None
     if eval_envs:
         engine = make_engine(args.engine, policy, seed=args.seed, dtype=args.vllm_dtype)
     if eval_envs and args.eval_before:

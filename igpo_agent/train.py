@@ -31,7 +31,7 @@ from igpo_agent.learn.learner import (
     turn_token_counts,
 )
 from igpo_agent.model.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
-from igpo_agent.rollout.engines import make_engine
+from igpo_agent.rollout.engines import Engine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.run import distributed as D
@@ -114,7 +114,12 @@ def ig_weight_at(cfg: TrainConfig, step: int) -> float:
 
 
 def run_eval(
-    policy: Policy, cfg: TrainConfig, envs: list, label: str, step: int, engine: Any = None
+    policy: Policy,
+    cfg: TrainConfig,
+    envs: list,
+    label: str,
+    step: int,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """Greedy episodes on the fixed eval subset; prints the table with 95% intervals.
 

@@ -1,4 +1,5 @@
-"""Rollout engines behind one small interface: ``hf`` (transformers, default) or ``vllm``.
+"""Rollout engines behind one small interface, :class:`Engine`: ``hf`` (transformers,
+default) or ``vllm``.
 
 Both record the same :class:`~igpo_agent.rollout.trajectory.Trajectory` (same spans, same fields);
 the learner always computes the training log-probs with the HF model, as verl does. The
@@ -9,7 +10,7 @@ asked for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -19,7 +20,40 @@ from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 
 
-class HFEngine:
+@runtime_checkable
+class Engine(Protocol):
+    """What train, sft and evaluate call on a rollout engine (the one place it is written).
+
+    ``rollout`` plays ``group_size`` episodes per task and returns their
+    :class:`~igpo_agent.rollout.trajectory.Trajectory` records (task-major); ``stats``, when
+    given, accumulates the rollout's counters. ``score_beliefs`` asks for v_t recorded from
+    the live KV cache (``ig_method="live"``); an engine that cannot do that raises.
+    ``sync_weights`` makes the engine generate with ``policy``'s current weights and returns
+    the seconds it took. An engine that scores beliefs itself (``ig_method="vllm"``) also has
+    ``belief_values(trajs, answer_prefix, answer_suffix)``; that method is not part of this
+    interface.
+    """
+
+    name: str
+
+    def sync_weights(self, policy: Any) -> float: ...
+
+    def rollout(
+        self,
+        envs: Sequence[Any],
+        tasks: Sequence[dict[str, Any]],
+        *,
+        protocol: str,
+        group_size: int,
+        settings: GenerationSettings,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        stats: RolloutStats | None = None,
+        score_beliefs: bool = False,
+    ) -> list[Trajectory]: ...
+
+
+class HFEngine(Engine):
     """Generation with the policy's own transformers model (batched, KV cache across turns)."""
 
     name = "hf"
@@ -61,7 +95,7 @@ class HFEngine:
         )
 
 
-class VLLMRollouts:
+class VLLMRollouts(Engine):
     """The vLLM engine (:class:`igpo_agent.rollout.vllm_engine.VLLMEngine`) behind the same calls.
 
     Sampling randomness is the engine's own (its seed), so ``generator`` is unused; the
@@ -118,7 +152,7 @@ class VLLMRollouts:
 
 def make_engine(
     name: str, policy: Any, *, seed: int = 0, dtype: str = "bfloat16", threads: int | None = None
-) -> HFEngine | VLLMRollouts:
+) -> Engine:
     """``"hf"`` or ``"vllm"``; the vLLM one is synced with the policy before it is returned."""
     if name == "hf":
         return HFEngine(policy)
