@@ -8,7 +8,7 @@ Both methods score the same recorded trajectories: ``--group`` episodes of one q
 on the real ``igpo_env:SearchQA-v0`` (default corpus, BM25, ``--top-k`` documents of at
 most ``--doc-max-words`` words) with scripted turns (``--turns - 1`` searches, then an
 answer), tokenised as the rollout records them; the contexts are ~1,000 tokens. For each
-model: median wall time of ``trajectory_belief_values(method="naive")`` (one forward per
+model: median wall time of ``reencoded_trajectory_beliefs(method="naive")`` (one forward per
 turn boundary over prefix + answer wrapper) and ``method="packed"`` (one pass per
 micro-batch, every trajectory encoded once), their ratio, and max |v_packed - v_naive|.
 
@@ -83,6 +83,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     import time
 
     from igpo_agent.ig.beliefs import trajectory_gold_specs
+    from igpo_agent.ig.live import score_after_prefill
     from igpo_agent.rollout.sampling import TurnRequest, TurnStats, generate_turn
 
     golds = trajectory_gold_specs(policy.tokenizer, trajs, "<answer>", "</answer>")
@@ -105,7 +106,13 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
                 for i in live
             ]
             outs = generate_turn(
-                policy.model, policy.tokenizer, reqs, temperature=0.0, keep_cache=True, stats=stats
+                policy.model,
+                policy.tokenizer,
+                reqs,
+                temperature=0.0,
+                keep_cache=True,
+                stats=stats,
+                after_prefill=score_after_prefill,
             )
             for i, out in zip(live, outs, strict=True):
                 caches[i], fed[i] = out.cache, bounds[i][turn]
@@ -119,7 +126,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
 
 def bench_model(kind: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
     """Time naive vs packed on one model; returns the row's numbers."""
-    from igpo_agent.ig.beliefs import trajectory_belief_values
+    from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
 
     policy = load_policy(kind, lora=args.lora, tmp=tmp)
     trajs = scripted_trajectories(
@@ -139,7 +146,7 @@ def bench_model(kind: str, args: argparse.Namespace, tmp: str) -> dict[str, floa
     packed_tokens = sum(max(t.boundaries()) for t in trajs)
 
     def run(method: str):
-        return trajectory_belief_values(
+        return reencoded_trajectory_beliefs(
             policy,
             trajs,
             "<answer>",

@@ -22,7 +22,7 @@ from igpo_agent.algo.rewards import mean_ig_per_turn
 from igpo_agent.algo.stats import mean_ci, wilson_ci
 from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
 from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.ig.live import recorded_belief_values
+from igpo_agent.ig.scorer import make_belief_scorer
 from igpo_agent.learn.learner import (
     LossSettings,
     belief_matrix,
@@ -279,6 +279,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     prefix, suffix = answer_wrapper(envs[0])
     ig_method = resolve_ig_method(cfg)
     live_ig = cfg.algo == "igpo" and ig_method == "live"
+    scorer = make_belief_scorer(ig_method, policy, engine) if cfg.algo == "igpo" else None
     last: dict[str, float] = {}
     if cfg.eval_questions != 0 and start == 0:
         if eval_envs:
@@ -306,12 +307,8 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         rollouts_seen += len(trajs) * world.world_size
 
         t0 = time.perf_counter()
-        if live_ig:  # scored during the rollout: only the scoring forwards count as IG time
-            values = belief_matrix(policy, trajs, prefix, suffix, scorer=recorded_belief_values)
-        elif cfg.algo == "igpo" and ig_method == "vllm":
-            values = belief_matrix(policy, trajs, prefix, suffix, scorer=engine.belief_values)
-        elif cfg.algo == "igpo":
-            values = belief_matrix(policy, trajs, prefix, suffix, method=ig_method)
+        if scorer is not None:  # live: scored in the rollout, its forwards are in ig_seconds
+            values = belief_matrix(policy, trajs, prefix, suffix, scorer=scorer)
         else:  # GRPO: IG switched off (same code path, outcome only)
             values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
         ig_s = time.perf_counter() - t0 + stats.ig_seconds

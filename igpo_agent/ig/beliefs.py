@@ -374,7 +374,7 @@ def _packed(model, seqs, boundaries, golds, max_tokens, padding_side) -> list[li
 
 
 # ---------------------------------------------------------------------------- public
-def belief_values(
+def reencoded_beliefs(
     model: Any,
     seqs: Sequence[Sequence[int]],
     boundaries: Sequence[Sequence[int]],
@@ -427,7 +427,7 @@ def trajectory_gold_specs(
     return out
 
 
-def trajectory_belief_values(
+def reencoded_trajectory_beliefs(
     policy: Any,
     trajectories: Sequence[Any],
     answer_prefix: str,
@@ -436,12 +436,12 @@ def trajectory_belief_values(
     method: Method = "packed",
     max_tokens_per_batch: int | None = None,
 ) -> list[list[float]]:
-    """``belief_values`` for ``Trajectory`` objects under ``policy.model`` (the rollout policy).
+    """``reencoded_beliefs`` for ``Trajectory`` objects under ``policy.model`` (the rollout policy).
 
     Uses each trajectory's first gold alias and ``boundaries()``; the wrapper strings come
     from the env's ``info["protocol"]``. Returns one list of T values per trajectory.
     """
-    return belief_values(
+    return reencoded_beliefs(
         policy.model,
         [tr.token_ids for tr in trajectories],
         [tr.boundaries() for tr in trajectories],

@@ -11,7 +11,10 @@ the gold answer there costs only the answer wrapper's few tokens:
 3. the cache is cropped back, so the turn's sampling sees exactly what it would have seen
    without scoring.
 
-This is the same quantity as :func:`igpo_agent.ig.beliefs.belief_values` (mean log-prob of
+The sampler calls :func:`score_after_prefill` (its ``after_prefill`` hook) after each
+prefill; the rollout passes it in when beliefs are asked for.
+
+This is the same quantity as :func:`igpo_agent.ig.beliefs.reencoded_beliefs` (mean log-prob of
 the gold tokens after the prefix and the wrapper, under the rollout policy pi_old, no
 gradient), tested equal to its naive and packed paths. The model reads ~10 extra tokens
 per episode per turn instead of re-encoding the trajectory.
@@ -26,8 +29,9 @@ import torch
 
 from igpo_agent.ig.beliefs import GoldSpec
 from igpo_agent.model.loading import with_cache
+from igpo_agent.rollout.sampling import cache_is_reusable
 
-__all__ = ["recorded_belief_values", "score_on_cache"]
+__all__ = ["recorded_beliefs", "score_after_prefill", "score_on_cache"]
 
 
 def _mean_gold_logprob(rows: torch.Tensor, targets: Sequence[int]) -> float:
@@ -96,7 +100,26 @@ def score_on_cache(
     return values
 
 
-def recorded_belief_values(trajs: Sequence[Any], *_: Any) -> list[list[float]]:
+def score_after_prefill(
+    model: torch.nn.Module,
+    kv: Any,
+    mask: torch.Tensor,
+    next_pos: torch.Tensor,
+    last_logits: torch.Tensor,
+    golds: Sequence[GoldSpec | None],
+) -> tuple[list[float | None], int]:
+    """The sampler's ``after_prefill`` hook (:data:`igpo_agent.rollout.sampling.PrefillHook`):
+    :func:`score_on_cache`'s values and the wrapper tokens it fed."""
+    if not cache_is_reusable(kv):
+        raise ValueError(
+            "scoring beliefs from the live cache needs a plain full-attention "
+            "DynamicCache: use ig_method='packed' for this model"
+        )
+    values = score_on_cache(model, kv, mask, next_pos, last_logits, golds)
+    return values, sum(g.context_len for g in golds if g is not None)
+
+
+def recorded_beliefs(trajs: Sequence[Any], *_: Any) -> list[list[float]]:
     """The v_t each trajectory recorded during its rollout (``score_beliefs=True``).
 
     A drop-in ``scorer`` for :func:`igpo_agent.learn.learner.belief_matrix` (the wrapper strings

@@ -9,7 +9,7 @@ turn t gets the turn's return R_{i,t}.
 
 This module maps one onto the other and then calls the learner's own math
 (:func:`igpo_agent.algo.advantages.group_advantages`, :func:`token_advantages`,
-:func:`igpo_agent.ig.beliefs.belief_values`); it computes no reward or advantage itself.
+:func:`igpo_agent.ig.beliefs.reencoded_beliefs`); it computes no reward or advantage itself.
 
 Rules (the learner's, ``igpo_agent.learn.learner.compute_advantages``, expressed in TRL terms):
 
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
 from igpo_agent.algo.rewards import DEFAULT_FORMAT_PENALTY
-from igpo_agent.ig.beliefs import GoldSpec, belief_values, gold_spec
+from igpo_agent.ig.beliefs import GoldSpec, gold_spec, reencoded_beliefs
 
 TOOL_ERROR_PREFIX = "{'error': "  # TRL's tool failure record, ``str({"error": msg})``
 IG_TURNS: tuple[str, ...] = ("search", "all")
@@ -282,7 +282,7 @@ def score_turn_beliefs(
 
     v_t is the mean log-prob of ``golds[i]`` teacher-forced inside
     ``answer_prefix``/``answer_suffix`` after ``prompt_ids[i] + completion_ids[i]`` cut at
-    turn t's start; scored with :func:`igpo_agent.ig.beliefs.belief_values` (no gradient,
+    turn t's start; scored with :func:`igpo_agent.ig.beliefs.reencoded_beliefs` (no gradient,
     eval mode, the training flag restored). Rollouts without a model turn get ``[]``.
     """
     n = len(rollouts)
@@ -300,7 +300,7 @@ def score_turn_beliefs(
             specs[golds[i]] = gold_spec(tokenizer, golds[i], answer_prefix, answer_suffix)
     seqs = [list(prompt_ids[i]) + list(completion_ids[i]) for i in live]
     bounds = [rollouts[i].boundaries(len(prompt_ids[i])) for i in live]
-    scored = belief_values(
+    scored = reencoded_beliefs(
         model,
         seqs,
         bounds,

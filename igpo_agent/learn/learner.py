@@ -27,7 +27,7 @@ import torch
 from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
 from igpo_agent.algo.loss import loss_normalizer, policy_loss
 from igpo_agent.algo.rewards import outcome_rewards
-from igpo_agent.ig.beliefs import trajectory_belief_values
+from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
 from igpo_agent.rollout.trajectory import Trajectory
 
 
@@ -70,7 +70,8 @@ def belief_matrix(
 ) -> torch.Tensor:
     """v_t for every trajectory as an (N, T_max) tensor (padding 0; IGPO_SPEC "Turn reward").
 
-    ``scorer`` replaces the HF scorer (e.g. the vLLM engine's ``belief_values``).
+    ``scorer`` replaces the re-encoding scorer (one of
+    :func:`igpo_agent.ig.scorer.make_belief_scorer`'s).
     Trajectories without a generated turn (context full at the prompt) get no values.
     """
     t_max = max([max(t.num_turns, 1) for t in trajs], default=1)
@@ -80,7 +81,7 @@ def belief_matrix(
         if scorer is not None:
             rows = scorer(live, answer_prefix, answer_suffix)
         else:
-            rows = trajectory_belief_values(
+            rows = reencoded_trajectory_beliefs(
                 policy, live, answer_prefix, answer_suffix, method=method
             )
         idx = [i for i, t in enumerate(trajs) if t.num_turns > 0]

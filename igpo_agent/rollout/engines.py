@@ -30,7 +30,7 @@ class Engine(Protocol):
     the live KV cache (``ig_method="live"``); an engine that cannot do that raises.
     ``sync_weights`` makes the engine generate with ``policy``'s current weights and returns
     the seconds it took. An engine that scores beliefs itself (``ig_method="vllm"``) also has
-    ``belief_values(trajs, answer_prefix, answer_suffix)``; that method is not part of this
+    ``trajectory_beliefs(trajs, answer_prefix, answer_suffix)``; that method is not part of this
     interface.
     """
 
@@ -143,11 +143,11 @@ class VLLMRollouts(Engine):
             stats=stats,
         )
 
-    def belief_values(
+    def trajectory_beliefs(
         self, trajs: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
     ) -> list[list[float]]:
         """v_t through the engine's ``prompt_logprobs`` (``ig_method="vllm"``)."""
-        return self.engine.trajectory_belief_values(trajs, answer_prefix, answer_suffix)
+        return self.engine.trajectory_beliefs(trajs, answer_prefix, answer_suffix)
 
 
 def make_engine(

@@ -52,6 +52,7 @@ import gymnasium as gym
 import torch
 
 from igpo_agent.ig.beliefs import GoldSpec, gold_spec
+from igpo_agent.ig.live import score_after_prefill
 from igpo_agent.rollout.prefix_cache import shared_prefill
 from igpo_agent.rollout.sampling import (
     EpisodeCache,
@@ -409,6 +410,7 @@ def rollout_batch(
                 eos_ids=eos,
                 keep_cache=settings.reuse_cache,
                 stats=turn_stats,
+                after_prefill=score_after_prefill if score_beliefs else None,
             )
             for ep, out, budget in zip(active, outputs, budgets, strict=True):
                 ep.cache = out.cache

@@ -13,9 +13,10 @@ One call of :func:`generate_turn`:
    to a common length, so a row looks like ``[pad | past | pad | new]``; the 2-D attention
    mask hides the pads and explicit ``position_ids`` continue each row from its own
    ``L``. Only the last position's logits are computed.
-   Rows that carry a ``gold`` then get their belief v_t scored on top of that cache
-   (:func:`igpo_agent.ig.live.score_on_cache`: the wrapper's few tokens in one extra
-   forward, cache cropped back afterwards).
+   If rows carry a ``gold``, the caller's ``after_prefill`` hook then scores them on top
+   of that cache and must leave the cache as it found it (the live IG hook,
+   :func:`igpo_agent.ig.live.score_after_prefill`, feeds the answer wrapper's few tokens
+   in one extra forward and crops the cache back). The sampler knows nothing of IG.
 2. **Decode** one token per step for the rows still running, with the cache.
 3. **Stop** a row at EOS, at its token budget, or when the decoded tail of its turn
    contains one of its stop strings (checked only when the new token could complete one,
@@ -33,20 +34,20 @@ renormalises (top-p = 1 makes it exactly the sampling distribution). In greedy m
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from igpo_agent.ig.beliefs import GoldSpec
-from igpo_agent.ig.live import score_on_cache
 from igpo_agent.model.loading import returned_cache, with_cache
 
 __all__ = [
     "EpisodeCache",
     "GenerationSettings",
+    "PrefillHook",
     "StopDetector",
     "TurnOutput",
     "TurnRequest",
@@ -116,9 +117,10 @@ class TurnRequest:
     """Stop strings that end this row's turn."""
     cache: EpisodeCache | None = None
     """KV cache of the tokens before ``new_tokens`` (None: start from nothing)."""
-    gold: GoldSpec | None = None
-    """Score this gold answer's belief v_t after the prefill, from the live cache
-    (:mod:`igpo_agent.ig.live`); None: no scoring."""
+    gold: Any = None
+    """What ``generate_turn``'s ``after_prefill`` hook scores for this row after the prefill,
+    from the live cache (for live IG a :class:`~igpo_agent.ig.beliefs.GoldSpec`); None: no
+    scoring."""
 
 
 @dataclass
@@ -136,6 +138,17 @@ class TurnOutput:
     """v_t of the request's ``gold`` at the turn's start (None when not asked)."""
 
 
+PrefillHook = Callable[
+    [torch.nn.Module, DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor, list[Any]],
+    tuple[list[float | None], int],
+]
+"""``generate_turn``'s ``after_prefill``: ``(model, kv, mask, next_pos, last_logits, golds)``
+-> (one value per row, None where its gold is None; tokens it fed). Called right after the
+prefill when a request carries a ``gold``: ``kv`` is the batch's cache (B rows, S columns),
+``mask`` its (B, S) attention mask, ``next_pos`` (B,) each row's next position, ``last_logits``
+(B, V) the prefill's last-position logits. It must leave ``kv`` as it found it."""
+
+
 @dataclass
 class TurnStats:
     """Work done by :func:`generate_turn` calls (accumulates when the same object is passed)."""
@@ -145,8 +158,8 @@ class TurnStats:
     decode_rows: int = 0  # sum over decode forwards of the batch size
     tokens_generated: int = 0
     seconds: float = 0.0  # generation only: belief scoring is counted in belief_seconds
-    belief_seconds: float = 0.0  # scoring the gold from the live cache (TurnRequest.gold)
-    belief_tokens: int = 0  # wrapper tokens fed for that scoring
+    belief_seconds: float = 0.0  # the after_prefill hook scoring TurnRequest.gold
+    belief_tokens: int = 0  # tokens the hook fed for that scoring
     batch_sizes: list[int] = field(default_factory=list)  # batch size of each forward call
 
 
@@ -319,11 +332,14 @@ def generate_turn(
     eos_ids: Sequence[int] = (),
     keep_cache: bool = False,
     stats: TurnStats | None = None,
+    after_prefill: PrefillHook | None = None,
 ) -> list[TurnOutput]:
     """Generate one turn for every request, batched; see the module docstring.
 
-    Raises ValueError for an empty ``new_tokens`` or a budget below 1; a request with a
-    cache needs ``keep_cache``-compatible models (full attention, DynamicCache).
+    ``after_prefill`` (:data:`PrefillHook`) scores the requests' ``gold`` after the prefill;
+    its values come back as ``TurnOutput.belief``. Raises ValueError for an empty
+    ``new_tokens``, a budget below 1, or a ``gold`` without a hook; a request with a cache
+    needs ``keep_cache``-compatible models (full attention, DynamicCache).
     """
     if not requests:
         return []
@@ -388,16 +404,13 @@ def generate_turn(
     t_belief = 0.0
     golds = [r.gold for r in requests]
     if any(g is not None for g in golds):
-        if not cache_is_reusable(kv):
-            raise ValueError(
-                "scoring beliefs from the live cache needs a plain full-attention "
-                "DynamicCache: use ig_method='packed' for this model"
-            )
+        if after_prefill is None:
+            raise ValueError("a TurnRequest has a gold to score but no after_prefill hook")
         tb = time.perf_counter()
-        beliefs = score_on_cache(model, kv, mask, next_pos, out.logits[:, -1, :], golds)
+        beliefs, fed = after_prefill(model, kv, mask, next_pos, out.logits[:, -1, :], golds)
         t_belief = time.perf_counter() - tb
         stats.belief_seconds += t_belief
-        stats.belief_tokens += sum(g.context_len for g in golds if g is not None)
+        stats.belief_tokens += fed
 
     rows = list(range(bsz))  # request index of each live batch row
     budgets = [r.max_new_tokens for r in requests]

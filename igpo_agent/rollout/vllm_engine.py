@@ -16,8 +16,8 @@ policy's weights pushed into it after every optimiser step. Install and settings
   nucleus; these values are diagnostics, the learner recomputes its own).
 - :meth:`VLLMEngine.sync_weights` pushes the policy (LoRA merged in, or full weights) with
   ``collective_rpc("reload_weights")`` and drops the prefix cache (it holds old KV).
-- :func:`vllm_belief_values` scores ``prefix + answer wrapper`` with ``prompt_logprobs``,
-  with :func:`igpo_agent.ig.beliefs.belief_values`'s contract.
+- :func:`vllm_beliefs` scores ``prefix + answer wrapper`` with ``prompt_logprobs``,
+  with :func:`igpo_agent.ig.beliefs.reencoded_beliefs`'s contract.
 
 Process-wide side effects of an in-process vLLM engine, and what is done about them:
 vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op and reseeds torch's
@@ -52,7 +52,7 @@ from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.rollout.vllm_weights import merged_state_dict
 
-__all__ = ["VLLMEngine", "configure_vllm_env", "vllm_belief_values"]
+__all__ = ["VLLMEngine", "configure_vllm_env", "vllm_beliefs"]
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32"}
 
@@ -362,20 +362,20 @@ class VLLMEngine:
             rows.append(row)
         return rows
 
-    def belief_values(
+    def beliefs(
         self,
         seqs: Sequence[Sequence[int]],
         boundaries: Sequence[Sequence[int]],
         golds: Sequence[GoldSpec],
     ) -> list[list[float]]:
-        """:func:`vllm_belief_values` on this engine."""
-        return vllm_belief_values(self, seqs, boundaries, golds)
+        """:func:`vllm_beliefs` on this engine."""
+        return vllm_beliefs(self, seqs, boundaries, golds)
 
-    def trajectory_belief_values(
+    def trajectory_beliefs(
         self, trajectories: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
     ) -> list[list[float]]:
-        """:func:`igpo_agent.ig.beliefs.trajectory_belief_values` through this engine."""
-        return vllm_belief_values(
+        """:func:`igpo_agent.ig.beliefs.reencoded_trajectory_beliefs` through this engine."""
+        return vllm_beliefs(
             self,
             [tr.token_ids for tr in trajectories],
             [tr.boundaries() for tr in trajectories],
@@ -383,13 +383,13 @@ class VLLMEngine:
         )
 
 
-def vllm_belief_values(
+def vllm_beliefs(
     engine: VLLMEngine,
     seqs: Sequence[Sequence[int]],
     boundaries: Sequence[Sequence[int]],
     golds: Sequence[GoldSpec],
 ) -> list[list[float]]:
-    """v_t for every boundary, as :func:`igpo_agent.ig.beliefs.belief_values` defines it.
+    """v_t for every boundary, as :func:`igpo_agent.ig.beliefs.reencoded_beliefs` defines it.
 
     One scoring prompt per (trajectory, boundary): ``seq[:b_t] + wrapper[:last scored + 1]``;
     ``v_t`` is the mean prompt log-prob of the gold's tokens. Identical prompts (the G

@@ -21,7 +21,7 @@ trl = pytest.importorskip("trl")
 import torch  # noqa: E402
 
 from igpo_agent.algo.advantages import token_advantages  # noqa: E402
-from igpo_agent.ig.beliefs import belief_values, gold_spec  # noqa: E402
+from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs  # noqa: E402
 from igpo_agent.integrations.turns import (  # noqa: E402
     model_turn_spans,
     rollout_turns,
@@ -318,7 +318,7 @@ def test_igpo_trainer_step_trains_lora_with_token_advantages(
             p = out["prompt_ids"][i][out["prompt_mask"][i].bool()].tolist()
             c = out["completion_ids"][i][: ro.spans[-1][1]].tolist()
             spec = gold_spec(tok, inputs[i]["answers"][0], A, Z)
-            naive = belief_values(
+            naive = reencoded_beliefs(
                 peft_model, [p + c], [ro.boundaries(len(p))], [spec], method="naive"
             )
             assert record.values[i] == pytest.approx(naive[0], abs=1e-4)

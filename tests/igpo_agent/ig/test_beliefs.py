@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import igpo_agent.ig.beliefs as ig
-from igpo_agent.ig.beliefs import belief_values, gold_spec, trajectory_belief_values
+from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs, reencoded_trajectory_beliefs
 from igpo_agent.model.policy import Policy
 from igpo_agent.rollout.trajectory import Span, Trajectory
 
@@ -99,8 +99,8 @@ def _max_err(a, b):
 def test_packed_equals_naive_smol(tiny_smol_model_path, smol_tokenizer, attn, side):
     policy = Policy.load(str(tiny_smol_model_path), device="cpu", attn_implementation=attn)
     seqs, bounds, golds = _batch(smol_tokenizer)
-    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
-    packed = belief_values(  # one forward over all rows, so padding is really exercised
+    naive = reencoded_beliefs(policy.model, seqs, bounds, golds, method="naive")
+    packed = reencoded_beliefs(  # one forward over all rows, so padding is really exercised
         policy.model, seqs, bounds, golds, padding_side=side, max_tokens_per_batch=10**6
     )
     assert _max_err(naive, packed) < 1e-4
@@ -111,9 +111,9 @@ def test_packed_equals_naive_smol(tiny_smol_model_path, smol_tokenizer, attn, si
 def test_packed_equals_naive_bpe_and_micro_batches(tiny_bpe_model_path, bpe_tokenizer):
     policy = Policy.load(str(tiny_bpe_model_path), device="cpu")
     seqs, bounds, golds = _batch(bpe_tokenizer, seed=1)
-    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
-    one_batch = belief_values(policy.model, seqs, bounds, golds, max_tokens_per_batch=10**6)
-    per_row = belief_values(policy.model, seqs, bounds, golds, max_tokens_per_batch=1)
+    naive = reencoded_beliefs(policy.model, seqs, bounds, golds, method="naive")
+    one_batch = reencoded_beliefs(policy.model, seqs, bounds, golds, max_tokens_per_batch=10**6)
+    per_row = reencoded_beliefs(policy.model, seqs, bounds, golds, max_tokens_per_batch=1)
     assert _max_err(naive, one_batch) < 1e-4
     assert _max_err(naive, per_row) < 1e-4
 
@@ -122,7 +122,7 @@ def test_wrong_mask_is_detected(tiny_smol_model_path, smol_tokenizer, monkeypatc
     """Test power: a mask that lets copies see earlier copies must break the equality."""
     policy = Policy.load(str(tiny_smol_model_path), device="cpu")
     seqs, bounds, golds = _batch(smol_tokenizer)
-    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
+    naive = reencoded_beliefs(policy.model, seqs, bounds, golds, method="naive")
     right = ig.packed_attention_mask
 
     def leaky(pos, seg, limit, doc, dtype):
@@ -131,7 +131,7 @@ def test_wrong_mask_is_detected(tiny_smol_model_path, smol_tokenizer, monkeypatc
         return right(pos, seg, limit, doc, dtype).masked_fill(leak[:, None], 0.0)
 
     monkeypatch.setattr(ig, "packed_attention_mask", leaky)
-    assert _max_err(naive, belief_values(policy.model, seqs, bounds, golds)) > 1e-3
+    assert _max_err(naive, reencoded_beliefs(policy.model, seqs, bounds, golds)) > 1e-3
 
 
 def test_trajectories_sharing_a_row_stay_apart(tiny_smol_model_path, smol_tokenizer, monkeypatch):
@@ -140,14 +140,14 @@ def test_trajectories_sharing_a_row_stay_apart(tiny_smol_model_path, smol_tokeni
     seqs, bounds, golds = _batch(smol_tokenizer)
     lengths = [len(ig._layout(s, b, g).ids) for s, b, g in zip(seqs, bounds, golds, strict=True)]
     assert any(len(row) > 1 for row in ig._pack_bins(lengths))
-    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
+    naive = reencoded_beliefs(policy.model, seqs, bounds, golds, method="naive")
     right = ig.packed_attention_mask
     monkeypatch.setattr(
         ig,
         "packed_attention_mask",
         lambda p, s, lim, doc, dt: right(p, s, lim, doc.clamp(max=0), dt),
     )
-    assert _max_err(naive, belief_values(policy.model, seqs, bounds, golds)) > 1e-3
+    assert _max_err(naive, reencoded_beliefs(policy.model, seqs, bounds, golds)) > 1e-3
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -167,8 +167,8 @@ def test_gold_at_wrapper_start_is_predicted_by_the_prefix(tiny_smol_model_path, 
     policy = Policy.load(str(tiny_smol_model_path), device="cpu")
     seqs, bounds, _ = _batch(smol_tokenizer)
     golds = [gold_spec(smol_tokenizer, "Paris")] * len(seqs)  # no answer prefix: j == 0
-    naive = belief_values(policy.model, seqs, bounds, golds, method="naive")
-    assert _max_err(naive, belief_values(policy.model, seqs, bounds, golds)) < 1e-4
+    naive = reencoded_beliefs(policy.model, seqs, bounds, golds, method="naive")
+    assert _max_err(naive, reencoded_beliefs(policy.model, seqs, bounds, golds)) < 1e-4
 
 
 def test_value_is_the_mean_gold_logprob(tiny_policy, smol_tokenizer):
@@ -176,7 +176,7 @@ def test_value_is_the_mean_gold_logprob(tiny_policy, smol_tokenizer):
     gold = gold_spec(smol_tokenizer, "naïve café", *WRAPPER)
     prefix = tiny_policy.prompt_ids("Which café?")
     seq = prefix + [100, 200, 300]
-    ((v0, v1),) = belief_values(tiny_policy.model, [seq], [[len(prefix), len(seq)]], [gold])
+    ((v0, v1),) = reencoded_beliefs(tiny_policy.model, [seq], [[len(prefix), len(seq)]], [gold])
     for b, v in ((len(prefix), v0), (len(seq), v1)):
         ids = torch.tensor([seq[:b] + list(gold.ids)])
         with torch.no_grad():
@@ -188,7 +188,7 @@ def test_value_is_the_mean_gold_logprob(tiny_policy, smol_tokenizer):
 def test_scoring_leaves_model_mode_and_grads_alone(tiny_policy, smol_tokenizer):
     tiny_policy.model.train()
     seqs, bounds, golds = _batch(smol_tokenizer)
-    belief_values(tiny_policy.model, seqs[:2], bounds[:2], golds[:2])
+    reencoded_beliefs(tiny_policy.model, seqs[:2], bounds[:2], golds[:2])
     assert tiny_policy.model.training
     assert all(p.grad is None for p in tiny_policy.trainable_parameters())
 
@@ -210,26 +210,26 @@ def test_trajectories_and_empty_turns(tiny_policy, smol_tokenizer):
     empty = Trajectory(
         question="q", answers=["x"], token_ids=prompt, spans=[Span("prompt", 0, p, -1)]
     )
-    values = trajectory_belief_values(tiny_policy, [full, empty], *WRAPPER)
-    naive = trajectory_belief_values(tiny_policy, [full, empty], *WRAPPER, method="naive")
+    values = reencoded_trajectory_beliefs(tiny_policy, [full, empty], *WRAPPER)
+    naive = reencoded_trajectory_beliefs(tiny_policy, [full, empty], *WRAPPER, method="naive")
     assert len(values[0]) == 2 and values[1] == [] and _max_err(values, naive) < 1e-4
     with pytest.raises(ValueError, match="no gold"):
-        trajectory_belief_values(tiny_policy, [Trajectory(question="q", answers=[])], *WRAPPER)
+        reencoded_trajectory_beliefs(tiny_policy, [Trajectory(question="q", answers=[])], *WRAPPER)
 
 
 def test_bad_inputs_give_clear_errors(tiny_policy, smol_tokenizer):
     gold = gold_spec(smol_tokenizer, "Paris", *WRAPPER)
     model = tiny_policy.model
     with pytest.raises(ValueError, match="ascending"):
-        belief_values(model, [[5, 6, 7, 8]], [[3, 2]], [gold])
+        reencoded_beliefs(model, [[5, 6, 7, 8]], [[3, 2]], [gold])
     with pytest.raises(ValueError, match="within"):
-        belief_values(model, [[5, 6, 7, 8]], [[9]], [gold])
+        reencoded_beliefs(model, [[5, 6, 7, 8]], [[9]], [gold])
     with pytest.raises(ValueError, match="one entry per trajectory"):
-        belief_values(model, [[5, 6, 7, 8]], [[2], [3]], [gold])
+        reencoded_beliefs(model, [[5, 6, 7, 8]], [[2], [3]], [gold])
     with pytest.raises(ValueError, match="empty prefix"):
-        belief_values(model, [[5, 6]], [[0]], [gold_spec(smol_tokenizer, "Paris")])
+        reencoded_beliefs(model, [[5, 6]], [[0]], [gold_spec(smol_tokenizer, "Paris")])
     with pytest.raises(ValueError, match="method"):
-        belief_values(model, [[5, 6]], [[1]], [gold], method="fast")
+        reencoded_beliefs(model, [[5, 6]], [[1]], [gold], method="fast")
 
 
 def test_packed_refuses_attention_without_4d_masks(tiny_policy, smol_tokenizer, monkeypatch):
@@ -237,7 +237,7 @@ def test_packed_refuses_attention_without_4d_masks(tiny_policy, smol_tokenizer, 
     config = tiny_policy.model.get_base_model().config
     monkeypatch.setattr(config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(ValueError, match="method='naive'"):
-        belief_values(tiny_policy.model, [[5, 6, 7]], [[2]], [gold])
+        reencoded_beliefs(tiny_policy.model, [[5, 6, 7]], [[2]], [gold])
 
 
 @pytest.mark.slow
@@ -255,8 +255,8 @@ def test_real_smollm2_belief_rises_after_a_relevant_observation():
         seq = prompt + action + tok(obs, add_special_tokens=False)["input_ids"]
         seqs.append(seq)
         bounds.append([len(prompt), len(seq)])
-    packed = belief_values(policy.model, seqs, bounds, [gold, gold])
-    naive = belief_values(policy.model, seqs, bounds, [gold, gold], method="naive")
+    packed = reencoded_beliefs(policy.model, seqs, bounds, [gold, gold])
+    naive = reencoded_beliefs(policy.model, seqs, bounds, [gold, gold], method="naive")
     assert _max_err(packed, naive) < 1e-4
     (v0, v_relevant), (_, v_other) = packed
     assert v_relevant > v0 + 1.0 and v_relevant > v_other + 1.0

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-from igpo_agent.ig.beliefs import belief_values, gold_spec, trajectory_gold_specs
-from igpo_agent.ig.live import score_on_cache
+from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs, trajectory_gold_specs
+from igpo_agent.ig.live import score_after_prefill, score_on_cache
 from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch
 from igpo_agent.rollout.sampling import TurnRequest, generate_turn
 from tests.igpo_agent.rollout.test_episodes import TASKS, make_envs
@@ -36,7 +36,7 @@ def _rollout(model, tok, prompt_fn, *, score: bool, reuse: bool = True, seed: in
 
 
 def _reference(model, tok, trajs, method):
-    return belief_values(
+    return reencoded_beliefs(
         model,
         [t.token_ids for t in trajs],
         [t.boundaries() for t in trajs],
@@ -94,8 +94,9 @@ def test_gold_without_wrapper_needs_no_extra_forward(smol):
         [TurnRequest(prompt, 2, gold=gold), TurnRequest(prompt[:3], 2)],
         temperature=0.0,
         keep_cache=True,
+        after_prefill=score_after_prefill,
     )
-    ref = belief_values(model, [prompt], [[len(prompt)]], [gold], method="naive")[0][0]
+    ref = reencoded_beliefs(model, [prompt], [[len(prompt)]], [gold], method="naive")[0][0]
     assert out[0].belief == pytest.approx(ref, abs=1e-5)
     assert out[1].belief is None
     assert out[0].cache.length == len(prompt) + 1  # prompt + first sampled token
@@ -105,7 +106,7 @@ def test_cache_is_left_as_it_was(smol):
     model, tok, _ = smol
     prompt = tok.encode("Who wrote the novel 1984? Answer:")
     gold = gold_spec(tok, "George Orwell", PREFIX, SUFFIX)
-    kwargs = {"temperature": 0.0, "keep_cache": True}
+    kwargs = {"temperature": 0.0, "keep_cache": True, "after_prefill": score_after_prefill}
     with_gold = generate_turn(model, tok, [TurnRequest(prompt, 6, gold=gold)], **kwargs)[0]
     without = generate_turn(model, tok, [TurnRequest(prompt, 6)], **kwargs)[0]
     assert with_gold.tokens == without.tokens
@@ -113,6 +114,22 @@ def test_cache_is_left_as_it_was(smol):
         assert k1.shape == k2.shape
         torch.testing.assert_close(k1, k2)
         torch.testing.assert_close(v1, v2)
+
+
+def test_a_gold_needs_the_hook_and_the_sampler_imports_no_ig_code(smol):
+    model, tok, _ = smol
+    prompt = tok.encode("Who wrote the novel 1984? Answer:")
+    gold = gold_spec(tok, "George Orwell", PREFIX, SUFFIX)
+    with pytest.raises(ValueError, match="after_prefill"):
+        generate_turn(model, tok, [TurnRequest(prompt, 2, gold=gold)], temperature=0.0)
+    import ast
+
+    import igpo_agent.rollout.sampling as sampling
+
+    tree = ast.parse(open(sampling.__file__).read())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("igpo_agent.ig")]
 
 
 def test_score_on_cache_checks_its_batch(smol):
