@@ -18,7 +18,7 @@ in one extra batched forward, then the cache is cropped back). To time exactly t
 the same recorded trajectories, the benchmark replays them through the rollout's own
 ``generate_turn`` (all G episodes batched, each turn's new tokens prefilled on the kept
 cache, as in a rollout) with scoring on, and reports the time spent scoring
-(``TurnStats.belief_seconds``): the cost IG adds to a rollout. ``replay_s`` is the rest of
+(``RolloutStats.ig_seconds``): the cost IG adds to a rollout. ``replay_s`` is the rest of
 that replay (prefills the rollout pays anyway), for scale.
 
 Then (unless ``--no-step``) the share of information-gain scoring in real training steps:
@@ -84,7 +84,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
 
     from igpo_agent.ig.beliefs import trajectory_gold_specs
     from igpo_agent.ig.live import score_after_prefill
-    from igpo_agent.rollout.sampling import TurnRequest, TurnStats, generate_turn
+    from igpo_agent.rollout.sampling import RolloutStats, TurnRequest, generate_turn
 
     golds = trajectory_gold_specs(policy.tokenizer, trajs, "<answer>", "</answer>")
     bounds = [t.boundaries() for t in trajs]
@@ -92,7 +92,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     values: list[list[float]] = []
     policy.model.eval()
     for k in range(warmup + max(1, repeat)):
-        stats = TurnStats()
+        stats = RolloutStats()
         caches = [None] * len(trajs)
         fed = [0] * len(trajs)
         values = [[] for _ in trajs]
@@ -119,8 +119,8 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
                 values[i].append(out.belief)
         wall = time.perf_counter() - t0
         if k >= warmup:
-            scoring.append(stats.belief_seconds)
-            rest.append(wall - stats.belief_seconds)
+            scoring.append(stats.ig_seconds)
+            rest.append(wall - stats.ig_seconds)
     return statistics.median(scoring), statistics.median(rest), values
 
 

@@ -176,8 +176,10 @@ def _validate(seqs: Sequence[Sequence[int]], boundaries: Sequence[Sequence[int]]
             )
 
 
-def _gold_logprob_mean(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean of log_softmax(logits)[targets]; logits (n, V), targets (n,)."""
+def gold_logprob_mean(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean of log_softmax(logits)[targets]; logits (n, V), targets (n,) on their device.
+
+    The one gold log-prob helper of every scoring path (naive, packed, live)."""
     lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])
     return float(lp.mean())
 
@@ -198,7 +200,7 @@ def _naive(model: Any, seqs, boundaries, golds) -> list[list[float]]:
                 input_ids=torch.tensor([ids], device=device), use_cache=False, **kwargs
             ).logits[0]  # (keep or len(ids), V)
             rows = b + scored - 1 - (len(ids) - logits.shape[0])
-            values.append(_gold_logprob_mean(logits[rows], targets))
+            values.append(gold_logprob_mean(logits[rows], targets))
         out.append(values)
     return out
 
@@ -346,7 +348,7 @@ def _packed_batch(model: Any, rows: list[list[_Row]], padding_side: str) -> list
             values = []
             for ps in r.predictors:
                 idx = [column[at + p] if column is not None else at + p for p in ps]
-                values.append(_gold_logprob_mean(logits[i, idx], targets))
+                values.append(gold_logprob_mean(logits[i, idx], targets))
             out[-1].append(values)
     return out
 

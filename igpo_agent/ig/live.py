@@ -27,17 +27,11 @@ from typing import Any
 
 import torch
 
-from igpo_agent.ig.beliefs import GoldSpec
+from igpo_agent.ig.beliefs import GoldSpec, gold_logprob_mean
 from igpo_agent.model.loading import with_cache
 from igpo_agent.rollout.sampling import cache_is_reusable
 
 __all__ = ["recorded_beliefs", "score_after_prefill", "score_on_cache"]
-
-
-def _mean_gold_logprob(rows: torch.Tensor, targets: Sequence[int]) -> float:
-    """Mean of log_softmax(rows)[targets]; rows (n, V) predict targets (n,)."""
-    idx = torch.tensor(list(targets), dtype=torch.long, device=rows.device)[:, None]
-    return float(torch.log_softmax(rows.float(), dim=-1).gather(-1, idx).mean())
 
 
 @torch.no_grad()
@@ -96,7 +90,8 @@ def score_on_cache(
         # gold token at wrapper index s is predicted by wrapper token s - 1, or by the
         # last prefix token when s == 0
         rows = [last_logits[i] if s == 0 else wrap_logits[i, s - 1] for s in g.scored]
-        values.append(_mean_gold_logprob(torch.stack(rows), [g.ids[s] for s in g.scored]))
+        targets = torch.tensor([g.ids[s] for s in g.scored], dtype=torch.long)
+        values.append(gold_logprob_mean(torch.stack(rows), targets.to(last_logits.device)))
     return values
 
 

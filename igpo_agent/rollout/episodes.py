@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -57,8 +57,8 @@ from igpo_agent.rollout.prefix_cache import shared_prefill
 from igpo_agent.rollout.sampling import (
     EpisodeCache,
     GenerationSettings,
+    RolloutStats,
     TurnRequest,
-    TurnStats,
     eos_token_ids,
     generate_turn,
     model_max_context,
@@ -80,42 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PromptFn = Callable[[str], list[int]]
-
-
-@dataclass
-class RolloutStats:
-    """Counters over every :func:`rollout_batch` call that was given this object."""
-
-    calls: int = 0
-    episodes: int = 0
-    turns: int = 0
-    tokens_generated: int = 0
-    prefill_tokens: int = 0  # tokens fed in prefill forwards (prompts, observations, re-prefills)
-    forward_calls: int = 0
-    decode_rows: int = 0  # sum of batch sizes over decode forwards
-    gen_seconds: float = 0.0  # time inside the model (prefill + decode + sampling)
-    ig_seconds: float = 0.0  # scoring beliefs from the live cache (score_beliefs=True)
-    env_seconds: float = 0.0  # time inside env.reset / env.step
-    context_truncated: int = 0
-    last_batch_sizes: list[int] = field(default_factory=list)  # per forward, last call only
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens per second of generation time."""
-        return self.tokens_generated / self.gen_seconds if self.gen_seconds > 0 else 0.0
-
-    def as_metrics(self, prefix: str = "rollout/") -> dict[str, float]:
-        """Flat, stable metric names for logging."""
-        return {
-            f"{prefix}episodes": float(self.episodes),
-            f"{prefix}turns": float(self.turns),
-            f"{prefix}tokens_generated": float(self.tokens_generated),
-            f"{prefix}tokens_per_second": self.tokens_per_second,
-            f"{prefix}gen_seconds": self.gen_seconds,
-            f"{prefix}ig_seconds": self.ig_seconds,
-            f"{prefix}env_seconds": self.env_seconds,
-            f"{prefix}context_truncated": float(self.context_truncated),
-        }
 
 
 @dataclass
@@ -288,7 +252,7 @@ def record_turn(
     ep.pending = (tokens[-1:] + obs_ids) if reuse else list(traj.token_ids)
 
 
-def _share_prompts(model: torch.nn.Module, episodes: list[Episode], stats: TurnStats) -> None:
+def _share_prompts(model: torch.nn.Module, episodes: list[Episode], stats: RolloutStats) -> None:
     """Prefill each prompt that several episodes share once (:mod:`igpo_agent.rollout.prefix_cache`).
 
     The G episodes of a question start from the same prompt tokens; they get one shared
@@ -303,7 +267,7 @@ def _share_prompts(model: torch.nn.Module, episodes: list[Episode], stats: TurnS
         return
     t0 = time.perf_counter()
     caches = shared_prefill(model, shared, stats)
-    stats.seconds += time.perf_counter() - t0
+    stats.gen_seconds += time.perf_counter() - t0
     for key, cache in zip(shared, caches or [], strict=False):
         for ep in groups[key]:
             ep.cache, ep.pending = cache, [key[-1]]
@@ -382,7 +346,7 @@ def rollout_batch(
     was_training = model.training
     model.eval()
 
-    turn_stats = TurnStats()
+    turn_stats = RolloutStats()  # this call's work, added to ``stats`` at the end
     try:
         if settings.reuse_cache:
             _share_prompts(model, episodes, turn_stats)
@@ -439,8 +403,9 @@ def rollout_batch(
     stats.prefill_tokens += turn_stats.prefill_tokens
     stats.forward_calls += turn_stats.forward_calls
     stats.decode_rows += turn_stats.decode_rows
-    stats.gen_seconds += turn_stats.seconds
-    stats.ig_seconds += turn_stats.belief_seconds
+    stats.gen_seconds += turn_stats.gen_seconds
+    stats.ig_seconds += turn_stats.ig_seconds
+    stats.ig_tokens += turn_stats.ig_tokens
     stats.context_truncated += sum(t.context_truncated for t in trajectories)
     stats.last_batch_sizes = list(turn_stats.batch_sizes)
     log.debug(

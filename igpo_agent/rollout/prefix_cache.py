@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from igpo_agent.model.loading import returned_cache, with_cache
-from igpo_agent.rollout.sampling import EpisodeCache, TurnStats, cache_is_reusable, extract_row
+from igpo_agent.rollout.sampling import EpisodeCache, RolloutStats, cache_is_reusable, extract_row
 
 __all__ = ["shared_prefill"]
 
@@ -27,7 +27,7 @@ __all__ = ["shared_prefill"]
 def shared_prefill(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
-    stats: TurnStats | None = None,
+    stats: RolloutStats | None = None,
 ) -> list[EpisodeCache] | None:
     """KV caches of ``prompt[:-1]`` for each prompt (one batched forward, left-padded).
 

@@ -47,11 +47,11 @@ from igpo_agent.model.loading import returned_cache, with_cache
 __all__ = [
     "EpisodeCache",
     "GenerationSettings",
+    "RolloutStats",
     "PrefillHook",
     "StopDetector",
     "TurnOutput",
     "TurnRequest",
-    "TurnStats",
     "eos_token_ids",
     "extract_row",
     "generate_turn",
@@ -150,17 +150,42 @@ prefill when a request carries a ``gold``: ``kv`` is the batch's cache (B rows, 
 
 
 @dataclass
-class TurnStats:
-    """Work done by :func:`generate_turn` calls (accumulates when the same object is passed)."""
+class RolloutStats:
+    """Work done by every call that was given this object (accumulates): ``rollout_batch``
+    (both engines), :func:`generate_turn`, ``shared_prefill``."""
 
-    forward_calls: int = 0
-    prefill_tokens: int = 0  # tokens fed in prefill forwards, pads excluded
-    decode_rows: int = 0  # sum over decode forwards of the batch size
+    calls: int = 0
+    episodes: int = 0
+    turns: int = 0
     tokens_generated: int = 0
-    seconds: float = 0.0  # generation only: belief scoring is counted in belief_seconds
-    belief_seconds: float = 0.0  # the after_prefill hook scoring TurnRequest.gold
-    belief_tokens: int = 0  # tokens the hook fed for that scoring
-    batch_sizes: list[int] = field(default_factory=list)  # batch size of each forward call
+    prefill_tokens: int = 0  # tokens fed in prefill forwards (prompts, observations, re-prefills)
+    forward_calls: int = 0
+    decode_rows: int = 0  # sum of batch sizes over decode forwards
+    gen_seconds: float = 0.0  # time inside the model (prefill + decode + sampling), IG excluded
+    ig_seconds: float = 0.0  # the after_prefill hook scoring beliefs from the live cache
+    ig_tokens: int = 0  # tokens that hook fed
+    env_seconds: float = 0.0  # time inside env.reset / env.step
+    context_truncated: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # per forward, every call
+    last_batch_sizes: list[int] = field(default_factory=list)  # per forward, last rollout only
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second of generation time."""
+        return self.tokens_generated / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+    def as_metrics(self, prefix: str = "rollout/") -> dict[str, float]:
+        """Flat, stable metric names for logging."""
+        return {
+            f"{prefix}episodes": float(self.episodes),
+            f"{prefix}turns": float(self.turns),
+            f"{prefix}tokens_generated": float(self.tokens_generated),
+            f"{prefix}tokens_per_second": self.tokens_per_second,
+            f"{prefix}gen_seconds": self.gen_seconds,
+            f"{prefix}ig_seconds": self.ig_seconds,
+            f"{prefix}env_seconds": self.env_seconds,
+            f"{prefix}context_truncated": float(self.context_truncated),
+        }
 
 
 def model_max_context(model: torch.nn.Module) -> int:
@@ -331,7 +356,7 @@ def generate_turn(
     generator: torch.Generator | None = None,
     eos_ids: Sequence[int] = (),
     keep_cache: bool = False,
-    stats: TurnStats | None = None,
+    stats: RolloutStats | None = None,
     after_prefill: PrefillHook | None = None,
 ) -> list[TurnOutput]:
     """Generate one turn for every request, batched; see the module docstring.
@@ -348,7 +373,7 @@ def generate_turn(
             raise ValueError("each TurnRequest needs at least one new token to feed")
         if r.max_new_tokens < 1:
             raise ValueError(f"TurnRequest.max_new_tokens must be >= 1, got {r.max_new_tokens}")
-    stats = stats if stats is not None else TurnStats()
+    stats = stats if stats is not None else RolloutStats()
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     bsz = len(requests)
@@ -409,8 +434,8 @@ def generate_turn(
         tb = time.perf_counter()
         beliefs, fed = after_prefill(model, kv, mask, next_pos, out.logits[:, -1, :], golds)
         t_belief = time.perf_counter() - tb
-        stats.belief_seconds += t_belief
-        stats.belief_tokens += fed
+        stats.ig_seconds += t_belief
+        stats.ig_tokens += fed
 
     rows = list(range(bsz))  # request index of each live batch row
     budgets = [r.max_new_tokens for r in requests]
@@ -466,5 +491,5 @@ def generate_turn(
         stats.decode_rows += len(rows)
         stats.batch_sizes.append(len(rows))
         logits = out.logits[:, -1, :]
-    stats.seconds += time.perf_counter() - t0 - t_belief
+    stats.gen_seconds += time.perf_counter() - t0 - t_belief
     return [r for r in results if r is not None]

@@ -7,7 +7,7 @@ import torch
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.rollout.prefix_cache import shared_prefill
-from igpo_agent.rollout.sampling import TurnRequest, TurnStats, generate_turn
+from igpo_agent.rollout.sampling import RolloutStats, TurnRequest, generate_turn
 from tests.fixtures import load_model
 
 torch.set_num_threads(1)
@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 def test_caches_match_a_plain_prefill(tiny_smol_model_path, smol_tokenizer):
     model, tok = load_model(tiny_smol_model_path), smol_tokenizer
     prompts = [tok.encode("Who wrote the novel 1984?"), tok.encode("Capital of France?")]
-    stats = TurnStats()
+    stats = RolloutStats()
     caches = shared_prefill(model, prompts, stats)
     assert stats.prefill_tokens == sum(len(p) - 1 for p in prompts)
     for p, cache in zip(prompts, caches, strict=True):

@@ -9,9 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.rollout.sampling import (
     GenerationSettings,
+    RolloutStats,
     StopDetector,
     TurnRequest,
-    TurnStats,
     generate_turn,
     sample_tokens,
 )
@@ -136,7 +136,7 @@ def test_batched_greedy_turn_equals_unbatched_generate(model, bpe):
 
 def test_finished_rows_leave_the_batch(model, bpe):
     ps = prompts(bpe)
-    stats = TurnStats()
+    stats = RolloutStats()
     outs = generate_turn(
         model,
         bpe,
