@@ -27,6 +27,7 @@ from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
+from igpo_agent.run import logging_utils as K
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 
 # The paper's column order (IGPO_SPEC "Reference results"), with the names users give files.
@@ -167,6 +168,42 @@ def eval_indices(total: int, questions: int) -> list[int]:
     so that evaluations before and after training see the same questions."""
     n = total if questions <= 0 else min(questions, total)
     return list(range(n))
+
+
+def greedy_eval(
+    policy: Any,
+    envs: Sequence[Any],
+    questions: int,
+    *,
+    protocol: str,
+    engine: Engine | None = None,
+    progress: str | None = None,
+    **settings: Any,
+) -> tuple[list[Trajectory], DatasetResult]:
+    """The fixed eval subset (:func:`eval_indices` of ``questions``) played greedily, and its
+    summary: the shared core of train's and sft's ``run_eval``. ``settings`` are
+    :class:`GenerationSettings` fields besides the temperature (0)."""
+    idx = eval_indices(question_count(envs[0]), questions)
+    trajs = evaluate_policy(
+        policy,
+        envs,
+        idx,
+        settings=GenerationSettings(temperature=0.0, **settings),
+        protocol=protocol,
+        engine=engine,
+        progress=progress,
+    )
+    return trajs, summarize(trajs, trajs[0].dataset or "eval")
+
+
+def eval_metrics(res: DatasetResult) -> dict[str, float]:
+    """The logged eval metrics every front door reports for a summary."""
+    return {
+        K.EVAL_F1: res.f1,
+        K.EVAL_EM: res.em,
+        K.EVAL_COVER_EM: res.cover_em,
+        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+    }
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
 from igpo_agent.learn.demonstrations import DemoStats, build_demonstrations
 from igpo_agent.learn.learner import pad_batch
 from igpo_agent.model.policy import (
@@ -48,7 +48,6 @@ from igpo_agent.model.policy import (
 )
 from igpo_agent.model.prompts import policy_prompt_fn
 from igpo_agent.rollout.engines import Engine, make_engine
-from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.checkpoint import seed_everything
@@ -188,15 +187,17 @@ def run_eval(
 ) -> dict[str, float]:
     """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics and,
     with ``episodes_path``, writes each episode's turns there (JSONL) for inspection."""
-    idx = eval_indices(question_count(envs[0]), args.eval_questions)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
     if engine is not None:
         engine.sync_weights(policy)
-    trajs = evaluate_policy(
-        policy, envs, idx, settings=settings, protocol=args.protocol, engine=engine
+    trajs, res = greedy_eval(
+        policy,
+        envs,
+        args.eval_questions,
+        protocol=args.protocol,
+        engine=engine,
+        max_new_tokens=args.max_new_tokens,
     )
-    res = summarize(trajs, trajs[0].dataset or "eval")
     secs = time.perf_counter() - t0
     if episodes_path is not None:
         with open(episodes_path, "w", encoding="utf-8") as fh:
@@ -207,12 +208,7 @@ def run_eval(
     print(f"\n[{label}] {res.n} questions from {args.eval_qa} ({secs:.0f} s)")
     print(results_table([res]))
     print(f"[{label}] F1 {100 * res.f1:.1f}  format errors {100 * res.format_error_rate:.1f}%\n")
-    return {
-        K.EVAL_F1: res.f1,
-        K.EVAL_EM: res.em,
-        K.EVAL_COVER_EM: res.cover_em,
-        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
-    }
+    return eval_metrics(res)
 
 
 def _demo_record(t: Trajectory) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from igpo_agent.algo.advantages import all_equal_group_share, nonzero_token_shar
 from igpo_agent.algo.rewards import mean_ig_per_turn
 from igpo_agent.algo.stats import mean_ci, wilson_ci
 from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
-from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
+from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
 from igpo_agent.ig.scorer import make_belief_scorer
 from igpo_agent.learn.learner import (
     LossSettings,
@@ -127,14 +127,16 @@ def run_eval(
     ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can be compared
     question by question (:func:`igpo_agent.algo.stats.paired_diff_ci`).
     """
-    idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
-    settings = GenerationSettings(
-        max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_context=cfg.max_context
+    trajs, res = greedy_eval(
+        policy,
+        envs,
+        cfg.eval_questions,
+        protocol=cfg.protocol,
+        engine=engine,
+        progress=label,
+        max_new_tokens=cfg.max_new_tokens,
+        max_context=cfg.max_context,
     )
-    trajs = evaluate_policy(
-        policy, envs, idx, settings=settings, protocol=cfg.protocol, engine=engine, progress=label
-    )
-    res = summarize(trajs, trajs[0].dataset or "eval")
     records = [episode_record(t) for t in trajs]
     write_eval_records(cfg.run_dir, f"step-{step}", records)
     f1 = mean_ci([r["f1"] for r in records])
@@ -144,10 +146,7 @@ def run_eval(
         f"F1 {f1.fmt()}, format errors {fmt.fmt()} (%, 95% intervals: bootstrap / Wilson)\n"
     )
     metrics = {
-        K.EVAL_F1: res.f1,
-        K.EVAL_EM: res.em,
-        K.EVAL_COVER_EM: res.cover_em,
-        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+        **eval_metrics(res),
         K.EVAL_N: float(res.n),
         K.EVAL_F1_CI_LOW: f1.low,
         K.EVAL_F1_CI_HIGH: f1.high,
