@@ -82,7 +82,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     import statistics
     import time
 
-    from igpo_agent.ig.beliefs import trajectory_gold_specs
+    from igpo_agent.ig.gold import trajectory_gold_specs
     from igpo_agent.ig.live import score_after_prefill
     from igpo_agent.rollout.sampling import RolloutStats, TurnRequest, generate_turn
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from igpo_agent.ig.beliefs import GoldSpec, gold_logprob_mean
+from igpo_agent.ig.gold import GoldSpec, gold_logprob_mean
 from igpo_agent.model.loading import with_cache
 from igpo_agent.rollout.sampling import cache_is_reusable
 

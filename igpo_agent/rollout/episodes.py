@@ -51,7 +51,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from igpo_agent.ig.beliefs import GoldSpec, gold_spec
+from igpo_agent.ig.gold import GoldSpec, gold_spec
 from igpo_agent.ig.live import score_after_prefill
 from igpo_agent.rollout.prefix_cache import shared_prefill
 from igpo_agent.rollout.sampling import (

@@ -119,7 +119,7 @@ class TurnRequest:
     """KV cache of the tokens before ``new_tokens`` (None: start from nothing)."""
     gold: Any = None
     """What ``generate_turn``'s ``after_prefill`` hook scores for this row after the prefill,
-    from the live cache (for live IG a :class:`~igpo_agent.ig.beliefs.GoldSpec`); None: no
+    from the live cache (for live IG a :class:`~igpo_agent.ig.gold.GoldSpec`); None: no
     scoring."""
 
 

@@ -39,7 +39,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from igpo_agent.ig.beliefs import GoldSpec, _validate, trajectory_gold_specs
+from igpo_agent.ig.beliefs import _validate
+from igpo_agent.ig.gold import GoldSpec, trajectory_gold_specs
 from igpo_agent.rollout.episodes import (
     PromptFn,
     RolloutStats,

@@ -21,7 +21,8 @@ trl = pytest.importorskip("trl")
 import torch  # noqa: E402
 
 from igpo_agent.algo.advantages import token_advantages  # noqa: E402
-from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.beliefs import reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.gold import gold_spec  # noqa: E402
 from igpo_agent.integrations.turns import (  # noqa: E402
     model_turn_spans,
     rollout_turns,

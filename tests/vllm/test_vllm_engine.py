@@ -14,7 +14,8 @@ pytest.importorskip("vllm")
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.beliefs import reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.gold import gold_spec  # noqa: E402
 from igpo_agent.model.policy import LoraSettings, Policy  # noqa: E402
 from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
 from igpo_agent.rollout.trajectory import Trajectory  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import igpo_agent.ig.beliefs as ig
-from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs, reencoded_trajectory_beliefs
+from igpo_agent.ig.beliefs import reencoded_beliefs, reencoded_trajectory_beliefs
+from igpo_agent.ig.gold import gold_spec
 from igpo_agent.model.policy import Policy
 from igpo_agent.rollout.trajectory import Span, Trajectory
 

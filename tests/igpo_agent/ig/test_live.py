@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-from igpo_agent.ig.beliefs import gold_spec, reencoded_beliefs, trajectory_gold_specs
+from igpo_agent.ig.beliefs import reencoded_beliefs
+from igpo_agent.ig.gold import gold_spec, trajectory_gold_specs
 from igpo_agent.ig.live import score_after_prefill, score_on_cache
 from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch
 from igpo_agent.rollout.sampling import TurnRequest, generate_turn
