@@ -1,3 +1,4 @@
+# Over 400 lines: the training loop read top to bottom in one file (the README points here).
 """``python -m igpo_agent.train``: IGPO (or GRPO) training of a search agent, top to bottom.
 
 One step = sample ``questions_per_step`` questions -> roll out ``group_size`` episodes of

@@ -1,3 +1,4 @@
+# Over 400 lines: the Policy class (load, reference, log-probs, save) plus the device/dtype/thread choices it is loaded with.
 """The policy: a causal LM, its tokenizer, a LoRA adapter, and per-token log-probs.
 
 The reference policy for the KL term is the same network with the adapter switched off

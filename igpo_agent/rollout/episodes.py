@@ -1,3 +1,4 @@
+# Over 400 lines: the episode recorder both engines share and the HF rollout loop that drives it.
 """Run G episodes per question, batched, and record them as token spans.
 
 :func:`rollout_batch` drives ``len(tasks) * group_size`` Gymnasium envs at once. Every

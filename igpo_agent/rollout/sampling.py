@@ -1,3 +1,4 @@
+# Over 400 lines: the token loop with the KV-cache padding and row extraction only it uses, and the stats it counts.
 """The token sampling loop: one agent turn for a batch of episodes, with a KV cache.
 
 Why our own loop rather than ``model.generate``: a turn must stop on a per-episode stop

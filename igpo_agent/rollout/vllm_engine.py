@@ -1,3 +1,4 @@
+# Over 400 lines: the whole vLLM adapter in one module, so that the main environment never imports vLLM.
 """A vLLM rollout engine: the same episodes and Trajectory records as the HF engine, faster.
 
 The learner still computes training log-probs with the HF model (ratio and KL use those,

@@ -1,3 +1,4 @@
+# Over 400 lines: one on-disk checkpoint format: atomic write, resume, prune and RNG state, which must agree.
 """Atomic checkpoints and exact resume.
 
 Layout of one run::
