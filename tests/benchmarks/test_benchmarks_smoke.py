@@ -86,3 +86,19 @@ def test_dense_ready_quick(capsys: pytest.CaptureFixture[str]) -> None:
 def test_dense_ready_rejects_unknown_parts() -> None:
     with pytest.raises(SystemExit, match="unknown part"):
         _load("dense_ready").main(["--parts", "ready,warp"])
+
+
+@pytest.mark.slow
+def test_vs_trl_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert _load("vs_trl").main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("trl ", "igpo "))]
+    assert [r[:3] for r in rows] == [["trl", "fp32", "1"], ["igpo", "fp32", "1"]]
+    assert rows[0][-1] == "1.00x" and rows[1][-1].endswith("x")  # the ratio column
+    records = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert "command" in records[0]
+    for rec in records[1:]:  # one measured step each, with tokens and a peak RSS
+        assert len(rec["step_s"]) == 1 and rec["generated_tokens"][0] > 0
+        assert rec["peak_rss_mb"] > 100
