@@ -38,7 +38,7 @@ GPU_WHEELS := gymnasium farama-notifications bm25s rank-bm25
 gpu-assets: $(STAMP)
 	rm -rf .gpu && mkdir -p .gpu/wheels
 	$(PIP) download -q --no-deps --only-binary=:all: -d .gpu/wheels $(GPU_WHEELS)
-	$(PY) -c "from igpo_agent.models import load_tokenizer; \
+	$(PY) -c "from igpo_agent.model.loading import load_tokenizer; \
 		load_tokenizer('smollm2-135m-instruct').save_pretrained('.gpu/tokenizer')"
 	du -sh .gpu
 

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = None
     if args.quick:
-        from igpo_agent.models import build_tiny_model, load_tokenizer
+        from igpo_agent.model.loading import build_tiny_model, load_tokenizer
 
         tmp = tempfile.TemporaryDirectory(prefix="igpo-baselines-")
         tiny = build_tiny_model(load_tokenizer("smollm2-135m-instruct"), Path(tmp.name) / "t")

@@ -3,7 +3,7 @@
 Loading the two benchmark models (SmolLM2-135M from the packaged GGUF, a tiny random
 Llama over the same tokenizer), describing the machine and its load, timing a callable,
 printing a compact table, and recording reproducible scripted trajectories on the real
-``igpo_env:SearchQA-v0`` environment, tokenised exactly as ``igpo_agent.rollout`` does.
+``igpo_env:SearchQA-v0`` environment, tokenised exactly as ``igpo_agent.rollout.episodes`` does.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def load_policy(kind: str, *, lora: bool = False, tmp: str | None = None) -> Any
     (a 2-layer, 64-wide random Llama over the SmolLM2 tokenizer, built into ``tmp``)."""
     from transformers.utils import logging as hf_logging
 
-    from igpo_agent.models import build_tiny_model, load_tokenizer
-    from igpo_agent.policy import LoraSettings, Policy
+    from igpo_agent.model.loading import build_tiny_model, load_tokenizer
+    from igpo_agent.model.policy import LoraSettings, Policy
 
     hf_logging.disable_progress_bar()
 
@@ -124,14 +124,14 @@ def scripted_trajectories(
 
     Turns 0..turns-2 search (episode g queries a seeded shuffle of the question's words, so
     the episodes retrieve different documents); the last turn answers (the gold for even g,
-    a wrong guess for odd g). Token ids are recorded as ``igpo_agent.rollout`` records them:
+    a wrong guess for odd g). Token ids are recorded as ``igpo_agent.rollout.episodes`` records them:
     the prompt through ``policy_prompt_fn``, each action ``encode(text)``, each observation
     ``encode(obs)`` (no special tokens), with prompt/action/observation spans.
     """
     import random
 
-    from igpo_agent.prompts import policy_prompt_fn
-    from igpo_agent.trajectory import Span, Trajectory
+    from igpo_agent.model.prompts import policy_prompt_fn
+    from igpo_agent.rollout.trajectory import Span, Trajectory
 
     env = make_env(top_k, doc_max_words, turns)
     prompt_fn = policy_prompt_fn(policy, "tags")

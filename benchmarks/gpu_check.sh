@@ -43,7 +43,7 @@ MODEL=/tmp/smollm2-135m-shape
 $PY - "$MODEL" <<'PYEOF'
 import sys
 
-from igpo_agent.models import build_tiny_model, load_tokenizer
+from igpo_agent.model.loading import build_tiny_model, load_tokenizer
 
 tok = load_tokenizer("smollm2-135m-instruct")
 build_tiny_model(tok, sys.argv[1], layers=30, hidden=576, heads=9, kv_heads=3,

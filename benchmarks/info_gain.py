@@ -8,7 +8,7 @@ Both methods score the same recorded trajectories: ``--group`` episodes of one q
 on the real ``igpo_env:SearchQA-v0`` (default corpus, BM25, ``--top-k`` documents of at
 most ``--doc-max-words`` words) with scripted turns (``--turns - 1`` searches, then an
 answer), tokenised as the rollout records them; the contexts are ~1,000 tokens. For each
-model: median wall time of ``trajectory_belief_values(method="naive")`` (one forward per
+model: median wall time of ``reencoded_trajectory_beliefs(method="naive")`` (one forward per
 turn boundary over prefix + answer wrapper) and ``method="packed"`` (one pass per
 micro-batch, every trajectory encoded once), their ratio, and max |v_packed - v_naive|.
 
@@ -18,7 +18,7 @@ in one extra batched forward, then the cache is cropped back). To time exactly t
 the same recorded trajectories, the benchmark replays them through the rollout's own
 ``generate_turn`` (all G episodes batched, each turn's new tokens prefilled on the kept
 cache, as in a rollout) with scoring on, and reports the time spent scoring
-(``TurnStats.belief_seconds``): the cost IG adds to a rollout. ``replay_s`` is the rest of
+(``RolloutStats.ig_seconds``): the cost IG adds to a rollout. ``replay_s`` is the rest of
 that replay (prefills the rollout pays anyway), for scale.
 
 Then (unless ``--no-step``) the share of information-gain scoring in real training steps:
@@ -82,8 +82,9 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     import statistics
     import time
 
-    from igpo_agent.info_gain import trajectory_gold_specs
-    from igpo_agent.sampling import TurnRequest, TurnStats, generate_turn
+    from igpo_agent.ig.gold import trajectory_gold_specs
+    from igpo_agent.ig.live import score_after_prefill
+    from igpo_agent.rollout.sampling import RolloutStats, TurnRequest, generate_turn
 
     golds = trajectory_gold_specs(policy.tokenizer, trajs, "<answer>", "</answer>")
     bounds = [t.boundaries() for t in trajs]
@@ -91,7 +92,7 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
     values: list[list[float]] = []
     policy.model.eval()
     for k in range(warmup + max(1, repeat)):
-        stats = TurnStats()
+        stats = RolloutStats()
         caches = [None] * len(trajs)
         fed = [0] * len(trajs)
         values = [[] for _ in trajs]
@@ -105,21 +106,27 @@ def live_replay(policy, trajs, repeat: int, warmup: int) -> tuple[float, float, 
                 for i in live
             ]
             outs = generate_turn(
-                policy.model, policy.tokenizer, reqs, temperature=0.0, keep_cache=True, stats=stats
+                policy.model,
+                policy.tokenizer,
+                reqs,
+                temperature=0.0,
+                keep_cache=True,
+                stats=stats,
+                after_prefill=score_after_prefill,
             )
             for i, out in zip(live, outs, strict=True):
                 caches[i], fed[i] = out.cache, bounds[i][turn]
                 values[i].append(out.belief)
         wall = time.perf_counter() - t0
         if k >= warmup:
-            scoring.append(stats.belief_seconds)
-            rest.append(wall - stats.belief_seconds)
+            scoring.append(stats.ig_seconds)
+            rest.append(wall - stats.ig_seconds)
     return statistics.median(scoring), statistics.median(rest), values
 
 
 def bench_model(kind: str, args: argparse.Namespace, tmp: str) -> dict[str, float]:
     """Time naive vs packed on one model; returns the row's numbers."""
-    from igpo_agent.info_gain import trajectory_belief_values
+    from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
 
     policy = load_policy(kind, lora=args.lora, tmp=tmp)
     trajs = scripted_trajectories(
@@ -139,7 +146,7 @@ def bench_model(kind: str, args: argparse.Namespace, tmp: str) -> dict[str, floa
     packed_tokens = sum(max(t.boundaries()) for t in trajs)
 
     def run(method: str):
-        return trajectory_belief_values(
+        return reencoded_trajectory_beliefs(
             policy,
             trajs,
             "<answer>",
@@ -201,7 +208,7 @@ def step_share(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from igpo_agent.policy import configure_torch_threads
+    from igpo_agent.model.policy import configure_torch_threads
 
     threads = configure_torch_threads(args.threads)
     print(machine_line(threads))

@@ -59,8 +59,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from igpo_agent import logging_utils as K  # noqa: E402
 from igpo_agent.plot import rolling_mean, smoothing_window  # noqa: E402
+from igpo_agent.run import logging_utils as K  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ("igpo", "grpo")
@@ -144,7 +144,7 @@ def run_arms_parallel(cmds: dict[str, list[str]], logs: Path) -> dict[str, float
 def finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a completed training run: the trainer writes its
     end-of-run ``summary.json`` only after the final evaluation."""
-    from igpo_agent.run_summary import SUMMARY_FILE
+    from igpo_agent.run.summary import SUMMARY_FILE
 
     return (run_dir / SUMMARY_FILE).is_file() and (run_dir / "metrics.jsonl").is_file()
 
@@ -249,8 +249,8 @@ def paired_comparisons(runs: dict[str, tuple[str, Any, Path]], steps: int) -> li
     pairs the two algos' final evals of the same seed. Per-seed differences are listed
     too, since pooling resamples questions, not training runs.
     """
-    from igpo_agent.run_summary import read_eval_records
-    from igpo_agent.stats import paired_diff_ci
+    from igpo_agent.algo.stats import paired_diff_ci
+    from igpo_agent.run.summary import read_eval_records
 
     lines: list[str] = []
     finals: dict[tuple[str, Any], dict[str, float]] = {}
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     init_adapter: str | None = None
     if args.quick:
-        from igpo_agent.models import build_tiny_model, load_tokenizer
+        from igpo_agent.model.loading import build_tiny_model, load_tokenizer
 
         tmp = tempfile.TemporaryDirectory(prefix="igpo-learning-")
         build_tiny_model(load_tokenizer("smollm2-135m-instruct"), Path(tmp.name) / "tiny", seed=0)

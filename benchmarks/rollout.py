@@ -8,7 +8,7 @@ Three ways to run the same greedy episodes (``--questions`` x ``--group`` = 16 e
 on the real ``igpo_env:SearchQA-v0``, at most ``--turns`` turns, env ``i`` reset with
 ``seed + i``):
 
-- ``project``: ``igpo_agent.rollout.rollout_batch`` with ``reuse_cache=True``: all active
+- ``project``: ``igpo_agent.rollout.episodes.rollout_batch`` with ``reuse_cache=True``: all active
   episodes decode together, each keeps its KV cache across turns (only the new observation
   is prefilled), finished episodes leave the batch.
 - ``project_no_cache``: the same with ``reuse_cache=False`` (the whole history is
@@ -73,9 +73,9 @@ def project_rollout(
     policy: Any, args: argparse.Namespace, reuse: bool
 ) -> tuple[list, float, int, int]:
     """The library's rollout; returns (trajectories, wall s, generated, prefilled tokens)."""
-    from igpo_agent.prompts import policy_prompt_fn
-    from igpo_agent.rollout import RolloutStats, rollout_batch
-    from igpo_agent.sampling import GenerationSettings
+    from igpo_agent.model.prompts import policy_prompt_fn
+    from igpo_agent.rollout.episodes import RolloutStats, rollout_batch
+    from igpo_agent.rollout.sampling import GenerationSettings
 
     envs = [
         make_env(args.top_k, args.doc_max_words, args.turns)
@@ -123,8 +123,8 @@ def hf_episode(policy: Any, env: Any, task: dict, seed: int, args: argparse.Name
     """One episode the straightforward way: a ``generate`` call per turn on the full context."""
     import torch
 
-    from igpo_agent.prompts import policy_prompt_fn
-    from igpo_agent.sampling import eos_token_ids, model_max_context
+    from igpo_agent.model.prompts import policy_prompt_fn
+    from igpo_agent.rollout.sampling import eos_token_ids, model_max_context
 
     model, tok = policy.model, policy.tokenizer
     max_context = model_max_context(model)
@@ -228,7 +228,7 @@ def as_ref(trajs: list) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from igpo_agent.policy import configure_torch_threads
+    from igpo_agent.model.policy import configure_torch_threads
 
     threads = configure_torch_threads(args.threads)
     print(machine_line(threads))

@@ -6,10 +6,10 @@
 Both engines run the same 16 sampled episodes setup (temperature 1, the real
 ``igpo_env:SearchQA-v0``, env ``i`` reset with ``seed + i``) with the same LoRA policy:
 
-- ``hf``: :func:`igpo_agent.rollout.rollout_batch` on the peft model (fp32, batched,
+- ``hf``: :func:`igpo_agent.rollout.episodes.rollout_batch` on the peft model (fp32, batched,
   KV-cached, ``--hf-threads`` torch threads; 1 is the project's measured-fastest default).
-- ``vllm``: :meth:`igpo_agent.vllm_engine.VLLMEngine.rollout_batch` (``--dtype``, compiled,
-  every core) after :meth:`~igpo_agent.vllm_engine.VLLMEngine.sync_weights` pushed the
+- ``vllm``: :meth:`igpo_agent.rollout.vllm_engine.VLLMEngine.rollout_batch` (``--dtype``, compiled,
+  every core) after :meth:`~igpo_agent.rollout.vllm_engine.VLLMEngine.sync_weights` pushed the
   policy with its adapter merged in; the push is timed and counted in the vLLM wall time.
 
 The adapter's B matrices are drawn non-zero so the merged weights differ from the base.
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _rollout(run: Any, args: argparse.Namespace, stats: Any) -> tuple[list, float]:
-    from igpo_agent.sampling import GenerationSettings
+    from igpo_agent.rollout.sampling import GenerationSettings
 
     envs = [
         make_env(args.top_k, args.doc_max_words, args.turns)
@@ -80,8 +80,8 @@ def _load_lora_policy(kind: str, tmp: str) -> Any:
     """common.load_policy's LoRA policy; the tiny model is built with vLLM-friendly sizes."""
     if kind != "tiny":
         return load_policy(kind, lora=True, tmp=tmp)
-    from igpo_agent.models import build_tiny_model, load_tokenizer
-    from igpo_agent.policy import LoraSettings, Policy
+    from igpo_agent.model.loading import build_tiny_model, load_tokenizer
+    from igpo_agent.model.policy import LoraSettings, Policy
 
     folder = build_tiny_model(
         load_tokenizer("default"), Path(tmp) / "tiny", init_std=0.1, **VLLM_TINY
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from igpo_agent.prompts import policy_prompt_fn
-    from igpo_agent.rollout import RolloutStats, rollout_batch
-    from igpo_agent.vllm_engine import VLLMEngine
+    from igpo_agent.model.prompts import policy_prompt_fn
+    from igpo_agent.rollout.episodes import RolloutStats, rollout_batch
+    from igpo_agent.rollout.vllm_engine import VLLMEngine
 
     torch.set_num_threads(args.hf_threads)
     n = args.questions * args.group

@@ -93,7 +93,7 @@ def _model_path(args: argparse.Namespace, tmp: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from igpo_agent.models import build_tiny_model, load_tokenizer, resolve_model
+    from igpo_agent.model.loading import build_tiny_model, load_tokenizer, resolve_model
 
     if args.model == "tiny":
         out = Path(tmp) / "tiny"
@@ -115,7 +115,7 @@ def _model_path(args: argparse.Namespace, tmp: str) -> str:
 def run_igpo(args: argparse.Namespace, model: str, tmp: str) -> dict[str, Any]:
     """Train with ``igpo_agent.train`` and read the per-step times from its metrics.jsonl."""
     from igpo_agent.config import TrainConfig
-    from igpo_agent.logging_utils import read_metrics
+    from igpo_agent.run.logging_utils import read_metrics
     from igpo_agent.train import train
 
     cfg = TrainConfig(
@@ -159,7 +159,7 @@ def run_trl(args: argparse.Namespace, model_path: str, tmp: str) -> dict[str, An
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from igpo_agent.models import load_tokenizer
+    from igpo_agent.model.loading import load_tokenizer
     from igpo_env.integrations.trl import (
         answer_reward,
         build_dataset,

@@ -62,7 +62,7 @@ def load_model(name: str, init_adapter: str | None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from igpo_agent.models import resolve_model
+    from igpo_agent.model.loading import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
     if init_adapter:
@@ -79,7 +79,7 @@ def main() -> None:
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from igpo_agent.models import load_tokenizer
+    from igpo_agent.model.loading import load_tokenizer
     from igpo_env.integrations.trl import (
         answer_reward,
         build_dataset,

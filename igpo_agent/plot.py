@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from igpo_agent import logging_utils as lu  # noqa: E402
+from igpo_agent.run import logging_utils as lu  # noqa: E402
 
 Series = dict[str, tuple[list[float], list[float]]]
 _IG_RE = re.compile(r"^" + re.escape(lu.IG_TURN_PREFIX) + r"(\d+)$")

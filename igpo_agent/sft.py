@@ -4,7 +4,7 @@ A 135M instruct model does not follow the search protocol zero-shot, so RL would
 first steps on format errors. This front door:
 
 1. builds demonstration episodes on the train split with the real environment
-   (:mod:`igpo_agent.demonstrations`: search with the question, or a derived query, and
+   (:mod:`igpo_agent.learn.demonstrations`: search with the question, or a derived query, and
    answer with the gold alias once a retrieved document holds it), in the exact token
    format of RL rollouts (prompt | action | observation | ... spans);
 2. fine-tunes a fresh LoRA adapter on them: token-mean cross-entropy over the agent's
@@ -38,21 +38,20 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent import logging_utils as K
-from igpo_agent.checkpoint import seed_everything
-from igpo_agent.demonstrations import DemoStats, build_demonstrations
-from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs_from, make_envs, question_count
-from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.learner import pad_batch
-from igpo_agent.policy import (
+from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
+from igpo_agent.learn.demonstrations import DemoStats, build_demonstrations
+from igpo_agent.learn.learner import pad_batch
+from igpo_agent.model.policy import (
     LoraSettings,
     Policy,
     configure_torch_threads,
 )
-from igpo_agent.prompts import policy_prompt_fn
-from igpo_agent.sampling import GenerationSettings
-from igpo_agent.trajectory import Trajectory
+from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.rollout.engines import Engine, make_engine
+from igpo_agent.rollout.trajectory import Trajectory
+from igpo_agent.run import logging_utils as K
+from igpo_agent.run.checkpoint import seed_everything
+from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 
 SFT_NLL = "losses/sft_nll"
 """Token-mean negative log-likelihood of the agent's tokens in one optimiser step."""
@@ -184,19 +183,21 @@ def run_eval(
     args: argparse.Namespace,
     label: str,
     episodes_path: Path | None = None,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """Greedy episodes on the fixed dev subset; prints the table, returns eval metrics and,
     with ``episodes_path``, writes each episode's turns there (JSONL) for inspection."""
-    idx = eval_indices(question_count(envs[0]), args.eval_questions)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
     if engine is not None:
         engine.sync_weights(policy)
-    trajs = evaluate_policy(
-        policy, envs, idx, settings=settings, protocol=args.protocol, engine=engine
+    trajs, res = greedy_eval(
+        policy,
+        envs,
+        args.eval_questions,
+        protocol=args.protocol,
+        engine=engine,
+        max_new_tokens=args.max_new_tokens,
     )
-    res = summarize(trajs, trajs[0].dataset or "eval")
     secs = time.perf_counter() - t0
     if episodes_path is not None:
         with open(episodes_path, "w", encoding="utf-8") as fh:
@@ -207,12 +208,7 @@ def run_eval(
     print(f"\n[{label}] {res.n} questions from {args.eval_qa} ({secs:.0f} s)")
     print(results_table([res]))
     print(f"[{label}] F1 {100 * res.f1:.1f}  format errors {100 * res.format_error_rate:.1f}%\n")
-    return {
-        K.EVAL_F1: res.f1,
-        K.EVAL_EM: res.em,
-        K.EVAL_COVER_EM: res.cover_em,
-        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
-    }
+    return eval_metrics(res)
 
 
 def _demo_record(t: Trajectory) -> dict[str, Any]:
@@ -281,7 +277,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     logger = K.MetricsLogger(out, tensorboard=False, total_steps=total_steps)
     logger.log(0, stats.as_metrics())
     last: dict[str, float] = {}
-    engine = None
+    engine: Engine | None = None
     if eval_envs:
         engine = make_engine(args.engine, policy, seed=args.seed, dtype=args.vllm_dtype)
     if eval_envs and args.eval_before:

@@ -1,3 +1,4 @@
+# Over 400 lines: the training loop read top to bottom in one file (the README points here).
 """``python -m igpo_agent.train``: IGPO (or GRPO) training of a search agent, top to bottom.
 
 One step = sample ``questions_per_step`` questions -> roll out ``group_size`` episodes of
@@ -17,10 +18,26 @@ import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
-from igpo_agent import distributed as D
-from igpo_agent import logging_utils as K
-from igpo_agent.advantages import all_equal_group_share, nonzero_token_share
-from igpo_agent.checkpoint import (
+from igpo_agent.algo.advantages import all_equal_group_share, nonzero_token_share
+from igpo_agent.algo.rewards import mean_ig_per_turn
+from igpo_agent.algo.stats import mean_ci, wilson_ci
+from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
+from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
+from igpo_agent.ig.scorer import make_belief_scorer
+from igpo_agent.learn.learner import (
+    LossSettings,
+    belief_matrix,
+    compute_advantages,
+    policy_update,
+    turn_token_counts,
+)
+from igpo_agent.model.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
+from igpo_agent.rollout.engines import Engine, make_engine
+from igpo_agent.rollout.episodes import RolloutStats
+from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.run import distributed as D
+from igpo_agent.run import logging_utils as K
+from igpo_agent.run.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
@@ -28,25 +45,9 @@ from igpo_agent.checkpoint import (
     seed_everything,
     trainable_state_dict,
 )
-from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
-from igpo_agent.engines import make_engine
-from igpo_agent.envs import env_kwargs_from, make_envs, question_count
-from igpo_agent.evaluate import eval_indices, evaluate_policy, results_table, summarize
-from igpo_agent.export import batch_records
-from igpo_agent.learner import (
-    LossSettings,
-    belief_matrix,
-    compute_advantages,
-    policy_update,
-    turn_token_counts,
-)
-from igpo_agent.live_belief import recorded_belief_values
-from igpo_agent.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
-from igpo_agent.rewards import mean_ig_per_turn
-from igpo_agent.rollout import RolloutStats
-from igpo_agent.run_summary import episode_record, run_summary, write_eval_records
-from igpo_agent.sampling import GenerationSettings
-from igpo_agent.stats import mean_ci, wilson_ci
+from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
+from igpo_agent.run.export import batch_records
+from igpo_agent.run.summary import episode_record, run_summary, write_eval_records
 
 
 class QuestionSampler:
@@ -114,22 +115,29 @@ def ig_weight_at(cfg: TrainConfig, step: int) -> float:
 
 
 def run_eval(
-    policy: Policy, cfg: TrainConfig, envs: list, label: str, step: int, engine: Any = None
+    policy: Policy,
+    cfg: TrainConfig,
+    envs: list,
+    label: str,
+    step: int,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """Greedy episodes on the fixed eval subset; prints the table with 95% intervals.
 
     Returns the eval metrics and keeps one record per question (qid, f1, em, format_ok,
     ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can be compared
-    question by question (:func:`igpo_agent.stats.paired_diff_ci`).
+    question by question (:func:`igpo_agent.algo.stats.paired_diff_ci`).
     """
-    idx = eval_indices(question_count(envs[0]), cfg.eval_questions)
-    settings = GenerationSettings(
-        max_new_tokens=cfg.max_new_tokens, temperature=0.0, max_context=cfg.max_context
+    trajs, res = greedy_eval(
+        policy,
+        envs,
+        cfg.eval_questions,
+        protocol=cfg.protocol,
+        engine=engine,
+        progress=label,
+        max_new_tokens=cfg.max_new_tokens,
+        max_context=cfg.max_context,
     )
-    trajs = evaluate_policy(
-        policy, envs, idx, settings=settings, protocol=cfg.protocol, engine=engine, progress=label
-    )
-    res = summarize(trajs, trajs[0].dataset or "eval")
     records = [episode_record(t) for t in trajs]
     write_eval_records(cfg.run_dir, f"step-{step}", records)
     f1 = mean_ci([r["f1"] for r in records])
@@ -139,10 +147,7 @@ def run_eval(
         f"F1 {f1.fmt()}, format errors {fmt.fmt()} (%, 95% intervals: bootstrap / Wilson)\n"
     )
     metrics = {
-        K.EVAL_F1: res.f1,
-        K.EVAL_EM: res.em,
-        K.EVAL_COVER_EM: res.cover_em,
-        K.EVAL_FORMAT_ERROR_RATE: res.format_error_rate,
+        **eval_metrics(res),
         K.EVAL_N: float(res.n),
         K.EVAL_F1_CI_LOW: f1.low,
         K.EVAL_F1_CI_HIGH: f1.high,
@@ -157,7 +162,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
 
     Under ``torchrun``/``accelerate launch`` each rank rolls out its share of the step's
     questions and the gradients are summed over ranks; rank 0 logs, evaluates and saves
-    (:mod:`igpo_agent.distributed`, docs/DISTRIBUTED.md).
+    (:mod:`igpo_agent.run.distributed`, docs/DISTRIBUTED.md).
     """
     world = D.init_distributed(cfg.device)
     try:
@@ -274,6 +279,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     prefix, suffix = answer_wrapper(envs[0])
     ig_method = resolve_ig_method(cfg)
     live_ig = cfg.algo == "igpo" and ig_method == "live"
+    scorer = make_belief_scorer(ig_method, policy, engine) if cfg.algo == "igpo" else None
     last: dict[str, float] = {}
     if cfg.eval_questions != 0 and start == 0:
         if eval_envs:
@@ -301,12 +307,8 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         rollouts_seen += len(trajs) * world.world_size
 
         t0 = time.perf_counter()
-        if live_ig:  # scored during the rollout: only the scoring forwards count as IG time
-            values = belief_matrix(policy, trajs, prefix, suffix, scorer=recorded_belief_values)
-        elif cfg.algo == "igpo" and ig_method == "vllm":
-            values = belief_matrix(policy, trajs, prefix, suffix, scorer=engine.belief_values)
-        elif cfg.algo == "igpo":
-            values = belief_matrix(policy, trajs, prefix, suffix, method=ig_method)
+        if scorer is not None:  # live: scored in the rollout, its forwards are in ig_seconds
+            values = belief_matrix(policy, trajs, prefix, suffix, scorer=scorer)
         else:  # GRPO: IG switched off (same code path, outcome only)
             values = torch.zeros(len(trajs), max(max(t.num_turns, 1) for t in trajs))
         ig_s = time.perf_counter() - t0 + stats.ig_seconds
@@ -473,7 +475,7 @@ def answer_wrapper(env: Any) -> tuple[str, str]:
 
 
 def _rollout_records(trajs: list, adv: Any, values: torch.Tensor) -> list[dict[str, Any]]:
-    from igpo_agent.logging_utils import rollout_record
+    from igpo_agent.run.logging_utils import rollout_record
 
     out = []
     for i, t in enumerate(trajs):

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from igpo_agent.advantages import TurnAdvantages, all_equal_group_share, nonzero_token_share
+from igpo_agent.algo.advantages import TurnAdvantages, all_equal_group_share, nonzero_token_share
 from igpo_agent.config import TrainConfig
 from igpo_agent.integrations.turns import (
     IG_TURNS,

@@ -8,10 +8,10 @@ the belief v_t is scored at the prefix that ends where turn t starts, and every 
 turn t gets the turn's return R_{i,t}.
 
 This module maps one onto the other and then calls the learner's own math
-(:func:`igpo_agent.advantages.group_advantages`, :func:`token_advantages`,
-:func:`igpo_agent.info_gain.belief_values`); it computes no reward or advantage itself.
+(:func:`igpo_agent.algo.advantages.group_advantages`, :func:`token_advantages`,
+:func:`igpo_agent.ig.beliefs.reencoded_beliefs`); it computes no reward or advantage itself.
 
-Rules (the learner's, ``igpo_agent.learner.compute_advantages``, expressed in TRL terms):
+Rules (the learner's, ``igpo_agent.learn.learner.compute_advantages``, expressed in TRL terms):
 
 - A turn before the last is always a tool-calling turn (TRL only continues after one). It is
   a ``"search"`` turn, or ``"invalid"`` when every tool result TRL appended for it is TRL's
@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from igpo_agent.advantages import TurnAdvantages, group_advantages, token_advantages
-from igpo_agent.info_gain import GoldSpec, belief_values, gold_spec
-from igpo_agent.rewards import DEFAULT_FORMAT_PENALTY
+from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
+from igpo_agent.algo.rewards import DEFAULT_FORMAT_PENALTY
+from igpo_agent.ig.beliefs import reencoded_beliefs
+from igpo_agent.ig.gold import GoldSpec, gold_spec
 
 TOOL_ERROR_PREFIX = "{'error': "  # TRL's tool failure record, ``str({"error": msg})``
 IG_TURNS: tuple[str, ...] = ("search", "all")
@@ -161,7 +162,7 @@ def turn_token_advantages(
 
     ``spans[i]`` are rollout i's turn spans in completion coordinates (ascending,
     non-overlapping, within ``width``); tokens outside every span (tool output, padding)
-    get 0. The broadcast itself is :func:`igpo_agent.advantages.token_advantages`.
+    get 0. The broadcast itself is :func:`igpo_agent.algo.advantages.token_advantages`.
     """
     if turn_returns.dim() != 2 or turn_returns.shape[0] != len(spans):
         raise ValueError(
@@ -282,7 +283,7 @@ def score_turn_beliefs(
 
     v_t is the mean log-prob of ``golds[i]`` teacher-forced inside
     ``answer_prefix``/``answer_suffix`` after ``prompt_ids[i] + completion_ids[i]`` cut at
-    turn t's start; scored with :func:`igpo_agent.info_gain.belief_values` (no gradient,
+    turn t's start; scored with :func:`igpo_agent.ig.beliefs.reencoded_beliefs` (no gradient,
     eval mode, the training flag restored). Rollouts without a model turn get ``[]``.
     """
     n = len(rollouts)
@@ -300,7 +301,7 @@ def score_turn_beliefs(
             specs[golds[i]] = gold_spec(tokenizer, golds[i], answer_prefix, answer_suffix)
     seqs = [list(prompt_ids[i]) + list(completion_ids[i]) for i in live]
     bounds = [rollouts[i].boundaries(len(prompt_ids[i])) for i in live]
-    scored = belief_values(
+    scored = reencoded_beliefs(
         model,
         seqs,
         bounds,

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-from igpo_agent.models import build_bpe_tokenizer, build_tiny_model, load_tokenizer
-from igpo_agent.policy import LoraSettings, Policy
+from igpo_agent.model.loading import build_bpe_tokenizer, build_tiny_model, load_tokenizer
+from igpo_agent.model.policy import LoraSettings, Policy
 from tests.fixtures import chat_prompt_fn, load_model, plain_prompt_fn
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from igpo_agent.policy import LoraSettings, Policy
+from igpo_agent.model.policy import LoraSettings, Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [[5, 900, 41, 7000, 12, 3], [77, 1500, 8], [31, 32, 33, 34, 35, 36, 37, 38, 39]]

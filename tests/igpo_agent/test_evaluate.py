@@ -15,7 +15,7 @@ from igpo_agent.evaluate import (
     results_table,
     summarize,
 )
-from igpo_agent.trajectory import Trajectory
+from igpo_agent.rollout.trajectory import Trajectory
 from tests.fixtures import write_corpus, write_qa
 
 

@@ -20,16 +20,16 @@ import pytest
 import torch
 
 import igpo_env  # noqa: F401  (registers the ids)
+from igpo_agent.algo.rewards import outcome_rewards
 from igpo_agent.config import TrainConfig
-from igpo_agent.policy import Policy
-from igpo_agent.prompts import policy_prompt_fn
-from igpo_agent.rewards import outcome_rewards
-from igpo_agent.rollout import rollout_batch
-from igpo_agent.sampling import GenerationSettings
+from igpo_agent.model.policy import Policy
+from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.rollout.episodes import rollout_batch
+from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.rollout.trajectory import Span, Trajectory
 from igpo_agent.sft import train_step
-from igpo_agent.trajectory import Span, Trajectory
 from tests.fixtures import write_corpus, write_qa
-from tests.igpo_agent.test_demonstrations import DOCS
+from tests.igpo_agent.learn.test_demonstrations import DOCS
 
 QA = [
     ("q1", "What is the capital of France?", ["Paris"]),

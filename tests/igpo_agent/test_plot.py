@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from igpo_agent import logging_utils as lu
-from igpo_agent.logging_utils import MetricsLogger
 from igpo_agent.plot import eval_curve, main, plot_comparison, plot_run
+from igpo_agent.run import logging_utils as lu
+from igpo_agent.run.logging_utils import MetricsLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -21,12 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from igpo_agent.demonstrations import build_demonstration
-from igpo_agent.learner import pad_batch
-from igpo_agent.policy import Policy
-from igpo_agent.prompts import policy_prompt_fn
+from igpo_agent.learn.demonstrations import build_demonstration
+from igpo_agent.learn.learner import pad_batch
+from igpo_agent.model.policy import Policy
+from igpo_agent.model.prompts import policy_prompt_fn
 from igpo_agent.sft import action_nll, lr_factor, sft_loss, train_step
-from tests.igpo_agent.test_demonstrations import write_data
+from tests.igpo_agent.learn.test_demonstrations import write_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

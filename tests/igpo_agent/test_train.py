@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from igpo_agent.config import TrainConfig
-from igpo_agent.export import exported_steps, read_batch
+from igpo_agent.run.export import exported_steps, read_batch
 from igpo_agent.train import QuestionSampler, lr_lambda, train
 from tests.fixtures import write_corpus, write_qa
 

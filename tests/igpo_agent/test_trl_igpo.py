@@ -20,8 +20,9 @@ trl = pytest.importorskip("trl")
 
 import torch  # noqa: E402
 
-from igpo_agent.advantages import token_advantages  # noqa: E402
-from igpo_agent.info_gain import belief_values, gold_spec  # noqa: E402
+from igpo_agent.algo.advantages import token_advantages  # noqa: E402
+from igpo_agent.ig.beliefs import reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.gold import gold_spec  # noqa: E402
 from igpo_agent.integrations.turns import (  # noqa: E402
     model_turn_spans,
     rollout_turns,
@@ -29,8 +30,8 @@ from igpo_agent.integrations.turns import (  # noqa: E402
     trl_turn_advantages,
     turn_token_advantages,
 )
-from igpo_agent.learner import belief_matrix, compute_advantages, pad_batch  # noqa: E402
-from igpo_agent.trajectory import Span, Trajectory  # noqa: E402
+from igpo_agent.learn.learner import belief_matrix, compute_advantages, pad_batch  # noqa: E402
+from igpo_agent.rollout.trajectory import Span, Trajectory  # noqa: E402
 from tests.fixtures import TINY_CPU_GRPO  # noqa: E402
 
 A, Z = "<answer>", "</answer>"
@@ -244,7 +245,7 @@ def test_igpo_trainer_step_trains_lora_with_token_advantages(
     from transformers import AutoModelForCausalLM
 
     from igpo_agent.integrations.trl_igpo import IGPOConfig, IGPOTrainer
-    from igpo_agent.models import load_tokenizer
+    from igpo_agent.model.loading import load_tokenizer
     from igpo_env.integrations.trl import (
         answer_reward,
         build_dataset,
@@ -318,7 +319,7 @@ def test_igpo_trainer_step_trains_lora_with_token_advantages(
             p = out["prompt_ids"][i][out["prompt_mask"][i].bool()].tolist()
             c = out["completion_ids"][i][: ro.spans[-1][1]].tolist()
             spec = gold_spec(tok, inputs[i]["answers"][0], A, Z)
-            naive = belief_values(
+            naive = reencoded_beliefs(
                 peft_model, [p + c], [ro.boundaries(len(p))], [spec], method="naive"
             )
             assert record.values[i] == pytest.approx(naive[0], abs=1e-4)

@@ -19,14 +19,14 @@ TINY_SIZES = {"layers": 2, "hidden": 128, "heads": 2, "kv_heads": 1, "intermedia
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from igpo_agent.models import load_tokenizer
+    from igpo_agent.model.loading import load_tokenizer
 
     return load_tokenizer("default")
 
 
 @pytest.fixture(scope="session")
 def tiny_vllm_model_path(smol_tokenizer, tmp_path_factory):
-    from igpo_agent.models import build_tiny_model
+    from igpo_agent.model.loading import build_tiny_model
 
     return build_tiny_model(
         smol_tokenizer, tmp_path_factory.mktemp("tiny_vllm"), seed=0, init_std=0.5, **TINY_SIZES
@@ -35,7 +35,7 @@ def tiny_vllm_model_path(smol_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(tiny_vllm_model_path):
-    from igpo_agent.vllm_engine import VLLMEngine
+    from igpo_agent.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(
         str(tiny_vllm_model_path), dtype="float32", max_model_len=1024, seed=0, kv_cache_gb=1

@@ -14,10 +14,11 @@ pytest.importorskip("vllm")
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from igpo_agent.info_gain import belief_values, gold_spec  # noqa: E402
-from igpo_agent.policy import LoraSettings, Policy  # noqa: E402
-from igpo_agent.rollout import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
-from igpo_agent.trajectory import Trajectory  # noqa: E402
+from igpo_agent.ig.beliefs import reencoded_beliefs  # noqa: E402
+from igpo_agent.ig.gold import gold_spec  # noqa: E402
+from igpo_agent.model.policy import LoraSettings, Policy  # noqa: E402
+from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
+from igpo_agent.rollout.trajectory import Trajectory  # noqa: E402
 from igpo_env.data import Document, QAExample  # noqa: E402
 
 torch.set_num_threads(1)
@@ -192,7 +193,7 @@ def test_belief_values_match_hf_packed(engine, hf_model, smol_tokenizer, monkeyp
     ]
     golds = ("Paris", "Paris", "George Orwell", "Nineteen Eighty-Four")
     specs = [gold_spec(smol_tokenizer, g, "<answer>", "</answer>") for g in golds]
-    ref = belief_values(hf_model, seqs, bounds, specs, method="packed")
+    ref = reencoded_beliefs(hf_model, seqs, bounds, specs, method="packed")
     calls: list[tuple[int, bool]] = []
     score = engine.prompt_logprobs
 
@@ -203,7 +204,7 @@ def test_belief_values_match_hf_packed(engine, hf_model, smol_tokenizer, monkeyp
     monkeypatch.setattr(engine, "prompt_logprobs", spy)
     engine.llm.reset_prefix_cache()
     for _ in range(2):
-        got = engine.belief_values(seqs, bounds, specs)
+        got = engine.beliefs(seqs, bounds, specs)
         assert [len(r) for r in got] == [len(b) for b in bounds]
         for g, r in zip(got, ref, strict=True):
             torch.testing.assert_close(torch.tensor(g), torch.tensor(r), atol=1e-4, rtol=0)

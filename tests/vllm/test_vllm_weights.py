@@ -7,8 +7,8 @@ import copy
 import torch
 
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-from igpo_agent.policy import LoraSettings, Policy
-from igpo_agent.vllm_weights import merged_state_dict
+from igpo_agent.model.policy import LoraSettings, Policy
+from igpo_agent.rollout.vllm_weights import merged_state_dict
 
 torch.set_num_threads(1)
 

@@ -57,7 +57,7 @@ def env_text(env_kwargs: dict, env_id: str, action: str, question: str, answers:
 @pytest.fixture(scope="module")
 def tokenizer():
     """The SmolLM2 tokenizer with TRL's tool-calling template."""
-    from igpo_agent.models import load_tokenizer
+    from igpo_agent.model.loading import load_tokenizer
 
     return prepare_tokenizer(load_tokenizer("default"))
 
@@ -96,7 +96,7 @@ def test_grpo_trainer_masks_tool_output_and_rewards_env_scores(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from igpo_agent.models import build_tiny_model
+    from igpo_agent.model.loading import build_tiny_model
 
     model_path = build_tiny_model(tokenizer, tmp_path / "tiny", seed=0)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
@@ -384,7 +384,7 @@ def test_prepare_tokenizer_gives_smollm2_a_tool_template(tokenizer) -> None:
 
 
 def test_prepare_tokenizer_rejects_a_non_chatml_tokenizer() -> None:
-    from igpo_agent.models import build_bpe_tokenizer
+    from igpo_agent.model.loading import build_bpe_tokenizer
 
     bpe = build_bpe_tokenizer(["plain text without any chat markup"] * 20, vocab_size=300)
     with pytest.raises(ValueError, match="tool-calling template"):

@@ -1,0 +1,1 @@
+"""Learning: one policy update from scored rollouts, and the warm start's demonstrations."""

@@ -1,0 +1,1 @@
+"""The policy model: loading, LoRA adapters, the policy wrapper, prompts."""

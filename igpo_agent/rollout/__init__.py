@@ -1,0 +1,1 @@
+"""Rollouts: the trajectory record, episodes, token sampling, KV-cache helpers, the engines."""

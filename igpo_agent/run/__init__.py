@@ -1,0 +1,1 @@
+"""Running a job: checkpoints, distributed ranks, logging, env construction, summaries, export."""

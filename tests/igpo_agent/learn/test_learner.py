@@ -1,0 +1,257 @@
+"""The learner glue on a tiny model: real rollouts -> beliefs -> advantages -> update."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+import igpo_env  # noqa: F401  (registers the ids)
+from igpo_agent.learn.learner import (
+    LossSettings,
+    belief_matrix,
+    compute_advantages,
+    pad_batch,
+    policy_update,
+)
+from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.rollout.episodes import rollout_batch
+from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.rollout.trajectory import Span, Trajectory
+from tests.fixtures import write_corpus, write_qa
+
+DOCS = [
+    ("d1", "Paris", "Paris is the capital and largest city of France."),
+    ("d2", "Nile", "The Nile is a major river in northeastern Africa."),
+]
+QA = [("q1", "What is the capital of France?", ["Paris"]), ("q2", "Which river?", ["Nile"])]
+
+
+@pytest.fixture(scope="module")
+def envs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("learner_data")
+    kw = {"qa": write_qa(d / "q.jsonl", QA), "corpus": write_corpus(d / "c.jsonl", DOCS)}
+    kw["top_k"] = 1
+    out = [gym.make("igpo_env:SearchQA-v0", max_episode_steps=3, **kw) for _ in range(4)]
+    yield out
+    for e in out:
+        e.close()
+
+
+def _rollouts(policy, envs, seed, temperature=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return rollout_batch(
+        policy.model,
+        policy.tokenizer,
+        policy_prompt_fn(policy, "tags"),
+        envs,
+        [{"index": 0}, {"index": 1}],
+        group_size=2,
+        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
+        generator=gen,
+        seed=seed,
+    )
+
+
+def test_two_updates_change_every_lora_parameter_and_no_base_one(tiny_policy, envs):
+    before = {n: p.detach().clone() for n, p in tiny_policy.model.named_parameters()}
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=1e-2)
+    for step in range(2):  # LoRA's B starts at 0, so A gets its first gradient on step 2
+        trajs, returns = _scored(tiny_policy, envs, seed=step)
+        assert bool(returns.abs().sum() > 0), "IG should give non-zero advantages"
+        metrics, timings = policy_update(
+            tiny_policy, opt, trajs, returns, LossSettings(micro_batch_size=3)
+        )
+        assert metrics["num_tokens"] > 0 and timings["update_s"] > 0
+        assert abs(metrics["clipfrac"]) < 1e-9  # one epoch: ratio is exactly 1
+    for n, p in tiny_policy.model.named_parameters():
+        if "lora_" in n:
+            assert not torch.equal(p, before[n]), f"LoRA parameter {n} did not change"
+        else:
+            assert torch.equal(p, before[n]), f"base parameter {n} changed"
+
+
+def test_pad_batch_masks_only_agent_tokens(tiny_policy, envs):
+    trajs = _rollouts(tiny_policy, envs, seed=3)
+    b = pad_batch(trajs, tiny_policy.tokenizer.pad_token_id)
+    for i, t in enumerate(trajs):
+        n = len(t.token_ids)
+        assert b["attention_mask"][i, :n].all() and not b["attention_mask"][i, n:].any()
+        assert b["action_mask"][i, :n].tolist() == [bool(x) for x in t.action_mask()]
+        assert b["token_turns"][i, :n].tolist() == t.token_turns()
+
+
+def test_grpo_ignores_beliefs(tiny_policy, envs):
+    trajs = _rollouts(tiny_policy, envs, seed=4)
+    values = belief_matrix(tiny_policy, trajs, "<answer>", "</answer>")
+    kw = dict(
+        group_size=2, ig_mode="log_prob_diff", norm="separate", gamma=1.0, format_penalty=-2.0
+    )
+    a, _ = compute_advantages(trajs, values, algo="grpo", **kw)
+    b, _ = compute_advantages(trajs, torch.randn_like(values), algo="grpo", **kw)
+    torch.testing.assert_close(a.returns, b.returns)
+
+
+def test_compute_advantages_gives_ig_to_search_turns_only():
+    def traj(kinds):
+        t = Trajectory(
+            question="q", answers=["a"], turn_kinds=kinds, format_ok="invalid" not in kinds
+        )
+        t.spans = [Span("action", i, i + 1, i) for i in range(len(kinds))]
+        return t
+
+    trajs = [traj(["invalid", "search", "answer"]), traj(["search", "search", "answer"])]
+    values = torch.tensor([[-3.0, -2.0, -1.0], [-3.0, -2.5, -2.0]])
+    kw = dict(group_size=2, algo="igpo", ig_mode="log_prob_diff", norm="separate", gamma=1.0)
+    adv, _ = compute_advantages(trajs, values, format_penalty=-2.0, **kw)
+    assert adv.is_ig.tolist() == [[False, True, False], [True, True, False]]
+    every, _ = compute_advantages(trajs, values, format_penalty=-2.0, ig_turns="all", **kw)
+    assert every.is_ig.tolist() == [[True, True, False], [True, True, False]]
+    with pytest.raises(ValueError, match="ig_turns"):
+        compute_advantages(trajs, values, format_penalty=-2.0, ig_turns="some", **kw)
+
+
+def _scored(policy, envs, seed, temperature=1.0):
+    """Rollouts and their IGPO turn returns (IG on every turn: the random model rarely searches)."""
+    trajs = _rollouts(policy, envs, seed, temperature)
+    values = belief_matrix(policy, trajs, "<answer>", "</answer>")
+    assert values.shape[0] == 4 and torch.isfinite(values).all()
+    adv, _ = compute_advantages(
+        trajs,
+        values,
+        group_size=2,
+        algo="igpo",
+        ig_mode="log_prob_diff",
+        norm="separate",
+        gamma=1.0,
+        format_penalty=-2.0,
+        ig_turns="all",
+    )
+    return trajs, adv.returns
+
+
+def _recording_loss(monkeypatch):
+    """Wrap learner.policy_loss to record each micro-batch's metrics."""
+    import igpo_agent.learn.learner as learner
+
+    calls = []
+    real = learner.policy_loss
+
+    def wrapped(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls.append(m)
+        return loss, m
+
+    monkeypatch.setattr(learner, "policy_loss", wrapped)
+    return calls
+
+
+def test_mini_batches_step_several_times_and_the_clip_acts(tiny_policy, envs, monkeypatch):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    assert bool(returns.abs().sum() > 0)
+    calls = _recording_loss(monkeypatch)
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=5e-2)
+    settings = LossSettings(micro_batch_size=1, ppo_mini_batch_size=2, ppo_epochs=2, kl_coef=0.0)
+    assert settings.optimizer_steps(len(trajs)) == 4
+    m, _ = policy_update(tiny_policy, opt, trajs, returns, settings)
+    assert m["optimizer_steps"] == 4 and m["skipped_steps"] == 0
+    # mini-batch 1 (micro-batches 0 and 1): the sampling policy itself, ratio 1
+    for c in calls[:2]:
+        assert abs(c["ratio_min"] - 1) < 1e-4 and abs(c["ratio_max"] - 1) < 1e-4
+    # later mini-batches see the policy after one or more steps: ratio != 1, the clip acts
+    later = calls[2:]
+    assert max(abs(c["ratio_max"] - 1) for c in later) > 0.05
+    assert max(c["clipfrac"] for c in later) > 0
+    assert m["ratio_max"] > 1.05 or m["ratio_min"] < 0.95
+    assert m["clipfrac"] > 0
+
+
+def test_one_step_keeps_ratio_one(tiny_policy, envs, monkeypatch):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    calls = _recording_loss(monkeypatch)
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=5e-2)
+    m, _ = policy_update(tiny_policy, opt, trajs, returns, LossSettings(micro_batch_size=2))
+    assert m["optimizer_steps"] == 1 and len(calls) == 2
+    assert m["ratio_min"] == 1.0 == m["ratio_max"] and m["clipfrac"] == 0.0
+
+
+def test_learner_logprobs_use_the_sampling_temperature(tiny_policy, envs):
+    from igpo_agent.learn.learner import _logprobs
+
+    trajs, _ = _scored(tiny_policy, envs, seed=2, temperature=0.7)
+    batch = pad_batch(trajs, tiny_policy.tokenizer.pad_token_id)
+    hot = _logprobs(tiny_policy, batch, 2, 0.7)
+    raw = _logprobs(tiny_policy, batch, 2, 1.0)
+    for i, t in enumerate(trajs):
+        mask = torch.tensor(t.action_mask(), dtype=torch.bool)
+        sampled = torch.tensor(t.sample_logprobs)[mask]
+        torch.testing.assert_close(hot[i, : len(mask)][mask], sampled, atol=1e-4, rtol=0)
+    act = batch["action_mask"].clone()
+    act[:, 0] = False
+    assert float((hot[act] - raw[act]).abs().max()) > 1e-2  # T matters here
+
+
+def test_non_finite_gradient_skips_the_step(tiny_policy, envs):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    before = {n: p.detach().clone() for n, p in tiny_policy.model.named_parameters()}
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=1e-2)
+    bad = returns.clone()
+    bad[0, 0] = float("nan")  # poisons the loss of the first mini-batch only
+    settings = LossSettings(micro_batch_size=2, ppo_mini_batch_size=2, kl_coef=0.0)
+    m, _ = policy_update(tiny_policy, opt, trajs, bad, settings)
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 1
+    for n, p in tiny_policy.model.named_parameters():
+        assert torch.isfinite(p).all(), f"{n} holds a non-finite value"
+    all_bad = torch.full_like(returns, float("nan"))
+    with torch.no_grad():
+        for n, p in tiny_policy.model.named_parameters():
+            p.copy_(before[n])
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=1e-2)
+    m, _ = policy_update(tiny_policy, opt, trajs, all_bad, LossSettings(micro_batch_size=2))
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 0
+    for n, p in tiny_policy.model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed although the step was skipped"
+
+
+def test_bf16_autocast_loss_and_gradients_agree_with_fp32(tiny_policy, envs):
+    """The update's bf16 autocast (``--autocast``) stays within stated tolerances of fp32:
+    log-probs 0.05 nats per token at most, loss 2% and the gradient 5% (relative L2)."""
+    from igpo_agent.algo.loss import policy_loss
+    from igpo_agent.learn.learner import _autocast
+
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    batch = pad_batch(trajs, tiny_policy.tokenizer.pad_token_id)
+    from igpo_agent.algo.advantages import token_advantages
+
+    adv = token_advantages(returns, batch["token_turns"])
+    params = tiny_policy.trainable_parameters()
+    with torch.no_grad():  # move LoRA's B off 0 so every adapter weight gets a gradient
+        for n, p in tiny_policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    out = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        for p in params:
+            p.grad = None
+        with _autocast(tiny_policy, dtype):
+            lp, ent = tiny_policy.action_logprobs(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["action_mask"],
+                with_entropy=True,
+                temperature=0.7,
+            )
+        assert lp.dtype == torch.float32  # log-softmax in fp32 under autocast too
+        loss, _ = policy_loss(lp, lp.detach(), adv, batch["action_mask"], entropy=ent, kl_coef=0.0)
+        loss.backward()
+        out[name] = (
+            lp.detach(),
+            float(loss.detach()),
+            torch.cat([p.grad.flatten() for p in params]),
+        )
+    (lp32, l32, g32), (lp16, l16, g16) = out["fp32"], out["bf16"]
+    act = batch["action_mask"].clone()
+    act[:, 0] = False
+    assert float((lp32[act] - lp16[act]).abs().max()) < 0.05
+    assert abs(l32 - l16) <= 0.02 * abs(l32) + 1e-3
+    assert float((g32 - g16).norm() / g32.norm()) < 0.05
