@@ -48,7 +48,7 @@ def _f(default: Any, section: str, help: str) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Every knob of one IGPO / GRPO training run (see IGPO_SPEC.md for the algorithm)."""
+    """Every knob of one IGPO / GRPO training run (see docs/ALGORITHM.md for the algorithm)."""
 
     # --- run ---
     run_dir: str = _f("runs/default", "run", "Folder for metrics, checkpoints, rollouts, plots.")
@@ -115,7 +115,7 @@ class TrainConfig:
     ig_turns: str = _f(
         "search",
         "algorithm",
-        "Turns that get IG: search (IGPO_SPEC: turns that end in a search) or all (every turn "
+        "Turns that get IG: search (docs/ALGORITHM.md: turns that end in a search) or all (every turn "
         "before the last, malformed ones included).",
     )
     ig_method: str = _f(

@@ -30,7 +30,7 @@ from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 
-# The paper's column order (IGPO_SPEC "Reference results"), with the names users give files.
+# The paper's column order (ALGORITHM "Reference results"), with the names users give files.
 PAPER_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("NQ", ("nq", "naturalquestions", "natural_questions")),
     ("TQ", ("tq", "triviaqa", "trivia_qa")),

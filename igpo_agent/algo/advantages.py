@@ -1,6 +1,6 @@
 """Group normalisation, discounted turn returns and the token broadcast (pure math).
 
-IGPO_SPEC "Advantage". The G rollouts of one question form a group; a batch holds several
+ALGORITHM "Advantage". The G rollouts of one question form a group; a batch holds several
 groups, named by ``group_ids`` (any labels, one per rollout) or by ``group_size`` (rows
 ``[k*G, (k+1)*G)`` are group k, i.e. the batch reshapes to (B, G)). Per group:
 
@@ -209,7 +209,7 @@ def group_advantages(
     ig_weight: float = 1.0,
     ig_exclude_zero: bool = False,
 ) -> TurnAdvantages:
-    """Per-turn advantages R_{i,t} for a batch of groups (IGPO_SPEC "Advantage").
+    """Per-turn advantages R_{i,t} for a batch of groups (ALGORITHM "Advantage").
 
     Args:
         values: (N, T_max) beliefs v_0..v_{T_i-1} per rollout (padding ignored), see

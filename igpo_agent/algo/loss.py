@@ -1,6 +1,6 @@
 """The policy loss: clipped ratio with dual clip, low-variance KL, entropy bonus (pure math).
 
-IGPO_SPEC "Policy loss": PPO clipped ratio (eps 0.2, optionally eps_low/eps_high), dual
+ALGORITHM "Policy loss": PPO clipped ratio (eps 0.2, optionally eps_low/eps_high), dual
 clip c = 3, ``low_var_kl`` to the reference policy (coef 0.001), entropy bonus (0.001).
 All per-token inputs are (B, L) with a loss ``mask`` that is 1 only on tokens the agent
 generated (prompt, observation and padding tokens are 0). Written term by term::

@@ -1,6 +1,6 @@
 """Raw per-turn rewards of a rollout: information gain and the outcome slot (pure math).
 
-IGPO_SPEC "Turn reward" and "Outcome reward". A group of N rollouts is held as padded
+ALGORITHM "Turn reward" and "Outcome reward". A group of N rollouts is held as padded
 tensors of shape (N, T_max) plus ``num_turns`` (N,): rollout ``i`` has ``T_i >= 1`` agent
 turns, indexed 0..T_i-1 (0-based, as in ``Trajectory.spans``). Padded slots are ignored
 and come back as 0.
@@ -32,7 +32,7 @@ IGMode = Literal["log_prob_diff", "prob_diff"]
 Algo = Literal["igpo", "grpo"]
 IG_MODES: tuple[str, ...] = ("log_prob_diff", "prob_diff")
 ALGOS: tuple[str, ...] = ("igpo", "grpo")
-DEFAULT_FORMAT_PENALTY = -2.0  # lambda_fmt of the reference code (IGPO_SPEC "Outcome reward")
+DEFAULT_FORMAT_PENALTY = -2.0  # lambda_fmt of the reference code (ALGORITHM "Outcome reward")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -95,7 +95,7 @@ def info_gain_rewards(
 ) -> Tensor:
     """IG turn rewards (N, T_max): ``r[i, t] = f(v[i, t+1]) - f(v[i, t])`` for t < T_i - 1.
 
-    IGPO_SPEC "Turn reward": f = identity for ``log_prob_diff`` (r^IG_t = v_t - v_{t-1}
+    ALGORITHM "Turn reward": f = identity for ``log_prob_diff`` (r^IG_t = v_t - v_{t-1}
     in the paper's 1-based turns), f = exp for ``prob_diff``. Slots that get no IG (the
     last turn, padding) are 0; non-finite gains become 0.
 
@@ -134,7 +134,7 @@ def outcome_rewards(
 ) -> Tensor:
     """Outcome reward r^O per rollout (N,): answer F1 if answered and well-formed, else lambda_fmt.
 
-    IGPO_SPEC "Outcome reward": a malformed trajectory gets ``format_penalty`` *instead of*
+    ALGORITHM "Outcome reward": a malformed trajectory gets ``format_penalty`` *instead of*
     F1 (the reference code's rule). A rollout truncated at the turn limit has F1 = 0 and
     gets "F1 = 0 plus the format penalty", i.e. ``0 + format_penalty = format_penalty``;
     so ``truncated`` overrides ``answered`` (the two never both hold for a valid rollout,
@@ -192,13 +192,13 @@ def turn_rewards(
 ) -> TurnRewards:
     """Assemble raw per-turn rewards: IG on turns t < T_i - 1, outcome on turn T_i - 1.
 
-    ``ig_turns`` (bool (N, T_max), optional) narrows the IG turns further: IGPO_SPEC gives
+    ``ig_turns`` (bool (N, T_max), optional) narrows the IG turns further: docs/ALGORITHM.md gives
     IG to "every turn that ends in a search", so the trainer passes its search turns and a
     malformed (invalid) turn before the last gets neither IG nor outcome: reward 0, outside
     the IG normalisation pool; its return is what the rest of its rollout earns (the
     format penalty included). None: every turn before the last gets IG.
 
-    With ``algo="grpo"`` (the ablation, IGPO_SPEC "Advantage") IG is switched off: only the
+    With ``algo="grpo"`` (the ablation, ALGORITHM "Advantage") IG is switched off: only the
     outcome slots are rewards and ``is_ig`` is all False; ``ig`` still holds the raw gains
     for logging.
     """

@@ -1,4 +1,4 @@
-"""Belief values v_t for every turn boundary of a trajectory (IGPO_SPEC "Turn reward", "Cost").
+"""Belief values v_t for every turn boundary of a trajectory (ALGORITHM "Turn reward", "Cost").
 
     v_t = mean_j log pi(g_j | token_ids[:b_t], W_prefix, g_<j)
 

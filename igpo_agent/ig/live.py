@@ -1,7 +1,7 @@
 """Belief values v_t scored from the rollout's live KV cache (``ig_method="live"``).
 
 At the start of turn t the rollout has just prefilled everything before the turn, so its
-KV cache holds exactly the prefix ``token_ids[:b_t]`` of IGPO_SPEC "Turn reward". Scoring
+KV cache holds exactly the prefix ``token_ids[:b_t]`` of ALGORITHM "Turn reward". Scoring
 the gold answer there costs only the answer wrapper's few tokens:
 
 1. the prefill's last-position logits (already computed, they are also the ones the first

@@ -3,7 +3,7 @@
 TRL's GRPO gives every token of a completion one scalar advantage: the group-normalised
 outcome. ``IGPOTrainer`` keeps TRL's whole loop (generation, the tool-calling loop,
 reward functions, loss, logging) and replaces only that advantage, after TRL has scored the
-rollouts, with IGPO's (docs/ALGORITHM.md, "IGPO_SPEC")::
+rollouts, with IGPO's (docs/ALGORITHM.md)::
 
     from trl import GRPOConfig
     from igpo_agent.integrations.trl_igpo import IGPOConfig, IGPOTrainer

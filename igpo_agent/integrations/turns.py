@@ -3,7 +3,7 @@
 TRL's ``GRPOTrainer`` records a multi-turn rollout as ``prompt_ids`` + ``completion_ids``
 with a ``tool_mask`` over the completion: 1 for tokens the model generated, 0 for the tool
 responses (and the chat-template tokens around them) that TRL appended. IGPO needs the same
-rollout as turns (IGPO_SPEC "The episode"): turn t is the t-th maximal run of model tokens,
+rollout as turns (ALGORITHM "The episode"): turn t is the t-th maximal run of model tokens,
 the belief v_t is scored at the prefix that ends where turn t starts, and every token of
 turn t gets the turn's return R_{i,t}.
 
@@ -20,7 +20,7 @@ Rules (the learner's, ``igpo_agent.learn.learner.compute_advantages``, expressed
   message still calls a tool or is followed by tool output (TRL's ``max_tool_calling_iterations``
   or the completion budget cut it), or its ids do not end in an end-of-turn/pad token.
 - Outcome: the reward functions' weighted sum; with ``format_penalty`` set, a truncated
-  rollout or one with an invalid turn gets the penalty instead (IGPO_SPEC "Outcome reward":
+  rollout or one with an invalid turn gets the penalty instead (ALGORITHM "Outcome reward":
   a malformed trajectory gets lambda_fmt instead of F1).
 """
 
@@ -279,7 +279,7 @@ def score_turn_beliefs(
     answer_suffix: str,
     method: str = "packed",
 ) -> list[list[float]]:
-    """Belief values v_t (IGPO_SPEC "Turn reward") of each TRL rollout under ``model``.
+    """Belief values v_t (ALGORITHM "Turn reward") of each TRL rollout under ``model``.
 
     v_t is the mean log-prob of ``golds[i]`` teacher-forced inside
     ``answer_prefix``/``answer_suffix`` after ``prompt_ids[i] + completion_ids[i]`` cut at

@@ -1,7 +1,7 @@
 """One IGPO/GRPO update from a batch of trajectories: beliefs -> advantages -> loss -> step.
 
 The glue between the pure math (:mod:`rewards`, :mod:`advantages`, :mod:`loss`) and the
-model (:mod:`policy`, :mod:`info_gain`). IGPO_SPEC "Turn reward", "Advantage", "Policy loss".
+model (:mod:`igpo_agent.model.policy`, :mod:`igpo_agent.ig`). ALGORITHM "Turn reward", "Advantage", "Policy loss".
 
 - Beliefs v_t come from the rollout policy itself (pi_old, no grad) before the update.
 - The update is PPO's: ``ppo_epochs`` passes, each split into mini-batches of
@@ -33,7 +33,7 @@ from igpo_agent.rollout.trajectory import Trajectory
 
 @dataclass
 class LossSettings:
-    """The loss and optimisation knobs of one update (IGPO_SPEC "Policy loss")."""
+    """The loss and optimisation knobs of one update (ALGORITHM "Policy loss")."""
 
     clip_eps: float = 0.2
     clip_eps_low: float | None = None  # lower clip 1 - eps_low; None = clip_eps
@@ -68,7 +68,7 @@ def belief_matrix(
     method: str = "packed",
     scorer: Callable[[list[Trajectory], str, str], list[list[float]]] | None = None,
 ) -> torch.Tensor:
-    """v_t for every trajectory as an (N, T_max) tensor (padding 0; IGPO_SPEC "Turn reward").
+    """v_t for every trajectory as an (N, T_max) tensor (padding 0; ALGORITHM "Turn reward").
 
     ``scorer`` replaces the re-encoding scorer (one of
     :func:`igpo_agent.ig.scorer.make_belief_scorer`'s).
@@ -107,7 +107,7 @@ def compute_advantages(
     """Per-turn advantages of a batch (groups of ``group_size`` adjacent rollouts) and the
     raw outcome rewards (N,).
 
-    ``ig_turns="search"`` (IGPO_SPEC: "every turn that ends in a search gets r^IG_t") gives
+    ``ig_turns="search"`` (docs/ALGORITHM.md: "every turn that ends in a search gets r^IG_t") gives
     IG only to turns the env parsed as a search; ``"all"`` to every turn before the last,
     malformed ones included.
     """

@@ -1,7 +1,7 @@
 """LoRA adapter helpers: peft configs, and one adapter that holds the sum of two.
 
 A warm start merged into the base weights plus a fresh adapter trained on top (the KL
-reference is then the warm start, IGPO_SPEC "Policy loss") is saved as a single adapter
+reference is then the warm start, ALGORITHM "Policy loss") is saved as a single adapter
 for the plain base model, so that every consumer (evaluate, vLLM, a later warm start)
 loads it like any other adapter.
 """

@@ -239,7 +239,7 @@ class Policy:
         ``merge_init_adapter=True`` (with ``init_adapter``) merges the saved adapter into
         the base weights and trains a fresh adapter of the same shape on top (LoRA's B
         starts at 0, so the policy is unchanged at step 0). ``reference()`` then runs the
-        warm-started policy, the one training starts from (IGPO_SPEC "Policy loss"), with
+        warm-started policy, the one training starts from (ALGORITHM "Policy loss"), with
         no second copy of the weights; ``save`` writes one adapter for the plain base model
         that holds both (see :func:`stack_lora_states`).
         """
@@ -376,7 +376,7 @@ class Policy:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``sequence_logprobs`` restricted to the tokens in ``action_mask`` (others hold 0).
 
-        ``temperature`` divides the logits first, as the sampler did (IGPO_SPEC "Policy
+        ``temperature`` divides the logits first, as the sampler did (ALGORITHM "Policy
         loss": the learner's log-probs use the sampling temperature), so at T != 1 the
         update differentiates the distribution the tokens were drawn from; entropies are
         those of the same tempered distribution.

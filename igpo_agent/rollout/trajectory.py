@@ -1,6 +1,6 @@
 """The record of one episode, as token ids exactly as they were sampled or appended.
 
-Turn boundaries and masks are data written during generation (IGPO_SPEC "Known defects":
+Turn boundaries and masks are data written during generation (ALGORITHM "The episode":
 no chat-template string scanning, no re-tokenisation). A trajectory is a flat token list
 plus spans that say which tokens are the prompt, which the agent generated in turn ``t``
 (trainable), and which are the environment's observation after turn ``t`` (masked).
@@ -82,7 +82,7 @@ class Trajectory:
         return out
 
     def boundaries(self) -> list[int]:
-        """Prefix lengths b_0..b_{T-1} at which the belief v_t is scored (IGPO_SPEC "Turn reward").
+        """Prefix lengths b_0..b_{T-1} at which the belief v_t is scored (ALGORITHM "Turn reward").
 
         b_0 is the end of the prompt; b_t (t >= 1) is the end of turn t's action plus its
         observation, i.e. where turn t+1 starts. The final turn gets the outcome, not IG,

@@ -131,7 +131,7 @@ def test_mean_ig_per_turn():
 
 
 def test_ig_only_on_search_turns():
-    """IGPO_SPEC: IG for turns that end in a search; a malformed turn gets reward 0."""
+    """docs/ALGORITHM.md: IG for turns that end in a search; a malformed turn gets reward 0."""
     v, n = pad_turn_values([[-2.0, -1.0, -0.5], [-2.0, -3.0]])
     out = torch.tensor([1.0, -2.0])
     searched = torch.tensor([[False, True, False], [True, False, False]])  # r0 turn 0 invalid
