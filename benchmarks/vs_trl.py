@@ -16,8 +16,15 @@ per batch of 8, micro-batches of 2, no KL, no evaluation, no checkpoints.
 - ``igpo`` / ``grpo``: ``igpo_agent.train.train`` (HF engine, KV-cached rollouts; IGPO adds
   the information-gain scoring), at most 4 turns (3 searches + an answer), 128 new tokens a
   turn.
+- ``igpo-vllm`` (opt-in: add it to ``--arms``): the same IGPO run with rollouts sampled by
+  the vLLM engine (``engine=vllm``, ``--vllm-threads`` threads, vLLM in the run's dtype, IG
+  by the packed path), run under ``--vllm-python`` (a venv with vLLM's CPU build, see
+  docs/VLLM.md). TRL can sample with vLLM too (``use_vllm``), but not in this CPU venv, so
+  this arm says what the project gains where vLLM is installed, not an engine-for-engine
+  comparison.
 
-Every run is a fresh child process (``--child``), so its peak RSS is its own; runs
+Every run is a fresh child process (``--child``), so its peak RSS is its own (plus its
+largest child's: vLLM may run its engine core in one); runs
 alternate A B A B (arms inside dtypes inside repetitions) so that a machine's changing
 load falls on every arm alike. Per arm and dtype the script prints the median seconds a
 step (all measured steps of all repetitions; step 1 included: both sides pay their
@@ -45,7 +52,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from common import machine_line, peak_rss_mb, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("trl", "igpo", "grpo")
+ARMS = ("trl", "igpo", "grpo", "igpo-vllm")
 DTYPES = ("fp32", "bf16")
 TASK = dict(top_k=3, doc_max_words=100, group_size=4, questions=2, temperature=0.7, lr=1e-5)
 
@@ -53,7 +60,9 @@ TASK = dict(top_k=3, doc_max_words=100, group_size=4, questions=2, temperature=0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--child ARM`` runs one measurement (internal)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--arms", default=",".join(ARMS), help="comma list of trl, igpo, grpo")
+    p.add_argument(
+        "--arms", default="trl,igpo,grpo", help="comma list of trl, igpo, grpo, igpo-vllm"
+    )
     p.add_argument("--dtypes", default=",".join(DTYPES), help="fp32 and/or bf16 (update autocast)")
     p.add_argument("--steps", type=int, default=3, help="training steps per run")
     p.add_argument("--reps", type=int, default=2, help="A B A B repetitions")
@@ -62,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-adapter", default=None, help="LoRA merged in first (e.g. the warm start)"
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    p.add_argument(
+        "--vllm-python",
+        default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+        help="interpreter for the igpo-vllm arm (a venv with vLLM)",
+    )
+    p.add_argument("--vllm-threads", type=int, default=1, help="vLLM's CPU threads (igpo-vllm)")
     p.add_argument("--trl-max-completion", type=int, default=1536, help="TRL's completion bound")
     p.add_argument("--out", default=None, help="folder for runs.jsonl (default: a temp folder)")
     p.add_argument(
@@ -85,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown or empty arms/dtypes {bad}: arms from {ARMS}, dtypes from {DTYPES}")
     if args.steps < 1 or args.reps < 1:
         p.error("--steps and --reps must be >= 1")
+    if "igpo-vllm" in args.arm_list and not args.child and not Path(args.vllm_python).exists():
+        p.error(f"arm igpo-vllm needs --vllm-python (a venv with vLLM): {args.vllm_python} missing")
     return args
 
 
@@ -121,7 +138,10 @@ def run_igpo(args: argparse.Namespace, model: str, tmp: str) -> dict[str, Any]:
     cfg = TrainConfig(
         model=model,
         run_dir=f"{tmp}/run",
-        algo=args.child,
+        algo="grpo" if args.child == "grpo" else "igpo",
+        engine="vllm" if args.child == "igpo-vllm" else "hf",
+        vllm_dtype="bfloat16" if args.dtype == "bf16" else "float32",
+        vllm_threads=args.vllm_threads,
         device="cpu",
         dtype="float32",
         autocast="bfloat16" if args.dtype == "bf16" else "float32",
@@ -239,7 +259,8 @@ def child(args: argparse.Namespace) -> None:
             arm=args.child,
             dtype=args.dtype,
             wall_s=time.perf_counter() - t0,
-            peak_rss_mb=peak_rss_mb(),
+            # vLLM may run its engine in a child process: add the largest child's peak
+            peak_rss_mb=peak_rss_mb() + peak_rss_mb(children=True),
         )
     Path(args.json).write_text(json.dumps(res))
 
@@ -283,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for k, (rep, dtype, arm) in enumerate(order, 1):
         rec_path = out / f"{arm}-{dtype}-rep{rep}.json"
-        cmd = [sys.executable, __file__, "--child", arm, "--dtype", dtype, "--json", str(rec_path)]
+        python = args.vllm_python if arm == "igpo-vllm" else sys.executable
+        cmd = [python, __file__, "--child", arm, "--dtype", dtype, "--json", str(rec_path)]
         cmd += ["--steps", str(args.steps), "--model", args.model, "--threads", str(args.threads)]
         cmd += ["--trl-max-completion", str(args.trl_max_completion)]
+        cmd += ["--vllm-threads", str(args.vllm_threads)]
         if args.init_adapter:
             cmd += ["--init-adapter", args.init_adapter]
         print(f"[{k}/{len(order)}] {arm} {dtype} rep {rep} ...", flush=True)
