@@ -24,7 +24,7 @@ install: $(STAMP)
 # with a greedy dev evaluation before and after the RL steps.
 DEMO_DIR ?= runs/demo
 $(DEMO_DIR)/sft/adapter_model.safetensors: $(STAMP)
-	$(PY) -m igpo_agent.sft --out $(DEMO_DIR)/sft --eval-questions 0
+	$(PY) -m igpo_agent.sft --out $(DEMO_DIR)/sft --eval_questions 0 --max_turns 3 --max_new_tokens 64
 
 demo: $(DEMO_DIR)/sft/adapter_model.safetensors
 	$(PY) -m igpo_agent.train --config configs/cpu_demo.yaml \

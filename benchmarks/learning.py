@@ -4,8 +4,8 @@
         --eval-questions 16 --out runs/learning          # CPU: ~2 x 7 min on 2 cores
     python benchmarks/learning.py --quick                # tiny random model, seconds
 
-Make the warm start first with ``python -m igpo_agent.sft --out runs/demo/sft`` (or
-``make demo``). The script runs the trainer's front door twice, sequentially, in child
+Make the warm start first with ``make demo`` (or its first command, ``python -m
+igpo_agent.sft --out runs/demo/sft --eval_questions 0 --max_turns 3 --max_new_tokens 64``). The script runs the trainer's front door twice, sequentially, in child
 processes: ``python -m igpo_agent.train --config CONFIG --init_adapter ADAPTER --algo igpo``
 and the same with ``--algo grpo`` (outcome reward only). Both runs share the config, the
 seed, the warm-start adapter, the number of steps (so the number of rollouts) and the
@@ -64,7 +64,9 @@ from igpo_agent.run import logging_utils as K  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ("igpo", "grpo")
-SFT_HINT = "python -m igpo_agent.sft --out runs/demo/sft"
+SFT_HINT = (  # make demo's warm start (its settings match configs/cpu_demo.yaml)
+    "python -m igpo_agent.sft --out runs/demo/sft --eval_questions 0 --max_turns 3 --max_new_tokens 64"
+)
 
 
 def train_command(

@@ -14,15 +14,16 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent.cli import parse_options
+from igpo_agent.options import EnvOptions, GenerationOptions, ModelOptions, opt
 from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
@@ -206,41 +207,50 @@ def eval_metrics(res: DatasetResult) -> dict[str, float]:
     }
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+@dataclass
+class EvalConfig(GenerationOptions, EnvOptions, ModelOptions):
+    """The evaluator's options: the shared model, env and generation groups
+    (:mod:`igpo_agent.options`, the trainer's too) plus which adapter and QA sets."""
+
+    kind: ClassVar[str] = "evaluation config"
+    adapter: str | None = opt(
+        None, "model", "A saved LoRA adapter (e.g. RUN/final); none: the base model."
+    )
+    qa: list[str] = opt(
+        ["default:dev"],
+        "eval",
+        "QA set, repeatable: default:SPLIT, a FlashRAG JSONL path, or NAME=PATH.",
+    )
+    questions: int = opt(64, "eval", "Questions per QA set, a fixed subset; 0 = all.")
+    eval_batch_size: int = opt(
+        16,
+        "eval",
+        "Evaluation episodes generated together (32 vs 16: only 3 percent faster on 2 CPU cores).",
+    )
+    out: str | None = opt(None, "run", "Folder for results.json/.md and episodes.jsonl.")
+
+    def _check(self, e: list[str]) -> None:
+        if self.questions < 0:
+            e.append(f"questions={self.questions}: use 0 (all) or more")
+        if self.eval_batch_size < 1:
+            e.append(f"eval_batch_size={self.eval_batch_size}: use a value >= 1")
+        if not self.qa:
+            e.append("qa is empty: give at least one QA set, e.g. default:dev")
+
+
+def parse_config(argv: list[str] | None = None) -> EvalConfig:
+    """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`)."""
+    return parse_options(
+        EvalConfig,
+        argv,
         prog="python -m igpo_agent.evaluate",
         description="Greedy search-agent evaluation: EM / F1 / cover-EM per dataset.",
     )
-    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or id")
-    p.add_argument("--adapter", default=None, help="a saved LoRA adapter (e.g. RUN/final)")
-    p.add_argument(
-        "--qa",
-        action="append",
-        default=None,
-        help="QA set, repeatable: default:dev, a FlashRAG JSONL path, or NAME=PATH",
-    )
-    p.add_argument("--corpus", default="default", help="corpus JSONL(.gz) or 'default'")
-    p.add_argument("--retriever", default="bm25", help="backend name or http(s) URL")
-    p.add_argument("--env-id", default="igpo_env:SearchQA-v0")
-    p.add_argument("--protocol", default="tags")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--doc-max-words", type=int, default=64)
-    p.add_argument("--max-turns", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--questions", type=int, default=64, help="per QA set; 0 = all")
-    p.add_argument("--batch", type=int, default=16, help="episodes generated together")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="rollout engine")
-    p.add_argument("--vllm-dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    p.add_argument("--out", default=None, help="folder for results.json/.md and episodes.jsonl")
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
-    args = _parse_args(argv)
+    args = parse_config(argv)
     from igpo_agent.model.policy import Policy, configure_torch_threads
 
     configure_torch_threads(args.threads)
@@ -248,16 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         args.model, device=args.device, dtype=args.dtype, init_adapter=args.adapter
     )
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    engine = make_engine(args.engine, policy, dtype=args.vllm_dtype, threads=args.threads)
+    engine = make_engine(args.engine, policy, dtype=args.vllm_dtype, threads=args.vllm_threads)
     results: list[DatasetResult] = []
     episodes: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for spec in args.qa or ["default:dev"]:
+    for spec in args.qa:
         name, sep, path = spec.partition("=")
         if not sep or spec.startswith("default"):
             name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
         kw = env_kwargs_from(args, path)
-        envs = make_envs(args.env_id, max(1, args.batch), args.max_turns, **kw)
+        envs = make_envs(args.env_id, args.eval_batch_size, args.max_turns, **kw)
         idx = eval_indices(question_count(envs[0]), args.questions)
         trajs = evaluate_policy(
             policy,

@@ -17,7 +17,7 @@ first steps on format errors. This front door:
 
 Metrics go to ``OUT/metrics.jsonl`` (``losses/sft_nll`` per optimiser step), the
 demonstrations to ``OUT/demonstrations.jsonl``, the greedy eval episodes to
-``OUT/eval_before.jsonl`` / ``OUT/eval_after.jsonl``, the arguments to ``OUT/sft_args.json``.
+``OUT/eval_before.jsonl`` / ``OUT/eval_after.jsonl``, the options to ``OUT/sft_args.json``.
 
 Example::
 
@@ -27,17 +27,18 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
+from igpo_agent.cli import parse_options
 from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
 from igpo_agent.learn.demonstrations import DemoStats, build_demonstrations
 from igpo_agent.learn.learner import pad_batch
@@ -47,6 +48,14 @@ from igpo_agent.model.policy import (
     configure_torch_threads,
 )
 from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.options import (
+    EnvOptions,
+    EvalOptions,
+    GenerationOptions,
+    LoraOptions,
+    ModelOptions,
+    opt,
+)
 from igpo_agent.rollout.engines import Engine, make_engine
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
@@ -59,61 +68,59 @@ SFT_TOKENS = "charts/sft_tokens"
 """Agent (trained) tokens in one optimiser step."""
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+@dataclass
+class SFTConfig(GenerationOptions, EnvOptions, EvalOptions, LoraOptions, ModelOptions):
+    """The warm start's options: the shared model, LoRA, env, evaluation and generation
+    groups (:mod:`igpo_agent.options`, the trainer's too) plus the supervised loop's own.
+
+    ``make demo`` runs it with ``--max_turns 3 --max_new_tokens 64`` to match
+    ``configs/cpu_demo.yaml``; demonstrations take at most 3 turns (a retry included)."""
+
+    kind: ClassVar[str] = "SFT config"
+    out: str = opt("runs/sft", "run", "Run folder; the adapter is saved here.")
+    seed: int = opt(
+        0, "run", "Seed for python, numpy and torch; rollouts and data order follow it."
+    )
+    train_qa: str = opt(
+        "default:train", "env", "Training questions: default:SPLIT or a JSONL path."
+    )
+    examples: int = opt(64, "sft", "Demonstrations to build.")
+    unfound_rate: float = opt(0.0, "sft", "Share of cases whose answer was not retrieved, kept.")
+    epochs: int = opt(1, "sft", "Passes over the demonstrations.")
+    lr: float = opt(2e-3, "sft", "Peak AdamW learning rate of the adapter.")
+    warmup: int = opt(1, "sft", "Optimiser steps of linear warmup.")
+    weight_decay: float = opt(0.0, "sft", "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "sft", "Gradient clipping norm (> 0).")
+    micro_batch: int = opt(1, "sft", "Sequences per forward/backward.")
+    batch: int = opt(4, "sft", "Sequences per optimiser step (a multiple of micro_batch).")
+    eval_before: bool = opt(False, "eval", "Also evaluate the untrained policy.")
+
+    def _check(self, e: list[str]) -> None:
+        for name in ("examples", "epochs", "micro_batch", "batch"):
+            if getattr(self, name) < 1:
+                e.append(f"{name}={getattr(self, name)}: use a value >= 1")
+        if self.micro_batch >= 1 and self.batch % self.micro_batch:
+            e.append(f"batch={self.batch} must be a multiple of micro_batch={self.micro_batch}")
+        if not self.lr > 0:
+            e.append(f"lr={self.lr}: use a positive learning rate")
+        if not self.max_grad_norm > 0:
+            e.append(f"max_grad_norm={self.max_grad_norm}: use a positive norm")
+        if self.warmup < 0 or self.weight_decay < 0:
+            e.append("warmup and weight_decay must be >= 0")
+        if not 0.0 <= self.unfound_rate <= 1.0:
+            e.append(f"unfound_rate={self.unfound_rate}: use a share in [0, 1]")
+        if self.protocol != "tags":
+            e.append(f"protocol={self.protocol!r}: demonstrations are scripted for 'tags' only")
+
+
+def parse_config(argv: list[str] | None = None) -> SFTConfig:
+    """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`)."""
+    return parse_options(
+        SFTConfig,
+        argv,
         prog="python -m igpo_agent.sft",
         description="Supervised warm start: imitate env-verified search demonstrations.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = p.add_argument
-    a("--model", default="smollm2-135m-instruct", help="model alias, folder or hub id")
-    a("--out", default="runs/sft", help="run folder; the adapter is saved here")
-    a("--train-qa", default="default:train", help="QA set the demonstrations come from")
-    a("--eval-qa", default="default:dev", help="QA set of the greedy evaluation")
-    a("--corpus", default="default", help="corpus JSONL(.gz) or 'default'")
-    a("--retriever", default="bm25", help="backend name or http(s) URL")
-    a("--env-id", default="igpo_env:SearchQA-v0")
-    a("--protocol", default="tags", help="only 'tags' demonstrations are scripted")
-    a("--examples", type=int, default=64, help="demonstrations to build")
-    a("--unfound-rate", type=float, default=0.0, help="share of unretrieved cases kept")
-    a("--epochs", type=int, default=1, help="passes over the demonstrations")
-    a("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the adapter")
-    a("--warmup", type=int, default=1, help="optimiser steps of linear warmup")
-    a("--weight-decay", type=float, default=0.0)
-    a("--max-grad-norm", type=float, default=1.0)
-    a("--lora-r", type=int, default=16)
-    a("--lora-alpha", type=int, default=32)
-    a("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated modules")
-    a("--micro-batch", type=int, default=1, help="sequences per forward/backward")
-    a("--batch", type=int, default=4, help="sequences per optimiser step")
-    a("--max-turns", type=int, default=3, help="env turn limit (demos need 3 for a retry)")
-    a("--max-new-tokens", type=int, default=64, help="token budget of one turn (train, eval)")
-    a("--top-k", type=int, default=3, help="documents per search (match the RL config)")
-    a("--doc-max-words", type=int, default=64, help="words per document (match the RL config)")
-    a("--eval-questions", type=int, default=32, help="dev questions evaluated; 0: skip")
-    a("--eval-before", action="store_true", help="also evaluate the untrained policy")
-    a("--seed", type=int, default=0)
-    a("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
-    a("--device", default="auto")
-    a("--engine", default="hf", choices=("hf", "vllm"), help="engine of the eval episodes")
-    a("--vllm-dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    a("--dtype", default="auto")
-    args = p.parse_args(argv)
-    problems = []
-    for name in ("examples", "epochs", "lora_r", "micro_batch", "batch", "max_turns"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1")
-    if args.batch % args.micro_batch:
-        problems.append(f"--batch {args.batch} must be a multiple of --micro-batch")
-    if args.lr <= 0:
-        problems.append("--lr must be > 0")
-    if args.protocol != "tags":
-        problems.append("--protocol: demonstrations are scripted for 'tags' only")
-    if args.eval_questions < 0:
-        problems.append("--eval-questions must be >= 0 (0 skips the evaluation)")
-    if problems:
-        p.error("; ".join(problems))
-    return args
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -180,7 +187,7 @@ def train_step(
 def run_eval(
     policy: Policy,
     envs: list,
-    args: argparse.Namespace,
+    args: SFTConfig,
     label: str,
     episodes_path: Path | None = None,
     engine: Engine | None = None,
@@ -223,18 +230,19 @@ def _demo_record(t: Trajectory) -> dict[str, Any]:
     }
 
 
-def sft(args: argparse.Namespace) -> dict[str, float]:
+def sft(args: SFTConfig) -> dict[str, float]:
     """Build demonstrations, fine-tune the adapter, evaluate, save; returns the last metrics."""
     t_start = time.perf_counter()
     configure_torch_threads(args.threads)
     seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    (out / "sft_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
     lora = LoraSettings(
         r=args.lora_r,
         alpha=args.lora_alpha,
-        target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+        dropout=args.lora_dropout,
+        target_modules=tuple(args.lora_target_modules),
     )
     policy = Policy.load(
         args.model, lora=lora, device=args.device, dtype=args.dtype, seed=args.seed
@@ -268,7 +276,7 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
 
     eval_envs: list = []
     if args.eval_questions:
-        n_env = max(1, min(args.eval_questions, 16))
+        n_env = max(1, min(args.eval_questions, args.eval_batch_size))
         eval_envs = make_envs(
             args.env_id, n_env, args.max_turns, **env_kwargs_from(args, args.eval_qa)
         )
@@ -279,7 +287,9 @@ def sft(args: argparse.Namespace) -> dict[str, float]:
     last: dict[str, float] = {}
     engine: Engine | None = None
     if eval_envs:
-        engine = make_engine(args.engine, policy, seed=args.seed, dtype=args.vllm_dtype)
+        engine = make_engine(
+            args.engine, policy, seed=args.seed, dtype=args.vllm_dtype, threads=args.vllm_threads
+        )
     if eval_envs and args.eval_before:
         last = run_eval(policy, eval_envs, args, "before SFT", out / "eval_before.jsonl", engine)
         logger.log(0, last)
@@ -350,7 +360,7 @@ def _report_demos(stats: DemoStats, kept: int, wanted: int, secs: float) -> None
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see ``--help``)."""
-    sft(_parse_args(argv))
+    sft(parse_config(argv))
     return 0
 
 

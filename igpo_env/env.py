@@ -19,6 +19,7 @@ from igpo_env.spaces import FreeText
 
 MAX_OBSERVATION_CHARS = 200_000  # observations (prompt included) are clipped to this
 ON_INVALID = ("continue", "terminate")
+DEFAULT_FORMAT_PENALTY = -2.0  # IGPO's lambda_fmt: the reward of a malformed turn
 
 _QA_MEMO: dict[tuple, tuple[QAExample, ...]] = {}
 
@@ -164,7 +165,7 @@ class SearchQAEnv(gym.Env[str, str]):
         doc_max_words: int = 100,
         reward_metric: str = "f1",
         normalization: str = "squad",
-        format_penalty: float = -2.0,
+        format_penalty: float = DEFAULT_FORMAT_PENALTY,
         on_invalid: str = "continue",
         max_action_chars: int = 100_000,
         max_query_words: int = 256,

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from igpo_agent.algo.rewards import ALGOS, Algo, IGMode, TurnRewards, check_choice, turn_rewards
+from igpo_agent.choices import NormMode, choices
 
-NormMode = Literal["separate", "joint"]
-NORM_MODES: tuple[str, ...] = ("separate", "joint")
+NORM_MODES = choices(NormMode)
 DEFAULT_EPS = 1e-6
 
 

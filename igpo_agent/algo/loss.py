@@ -19,13 +19,12 @@ the micro-batch losses equals the full-batch loss exactly.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
-LOSS_AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+from igpo_agent.choices import LossAgg, choices
+
+LOSS_AGG_MODES = choices(LossAgg)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

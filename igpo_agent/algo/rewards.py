@@ -23,16 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-IGMode = Literal["log_prob_diff", "prob_diff"]
-Algo = Literal["igpo", "grpo"]
-IG_MODES: tuple[str, ...] = ("log_prob_diff", "prob_diff")
-ALGOS: tuple[str, ...] = ("igpo", "grpo")
-DEFAULT_FORMAT_PENALTY = -2.0  # lambda_fmt of the reference code (ALGORITHM "Outcome reward")
+from igpo_agent.choices import DEFAULT_FORMAT_PENALTY, Algo, IGMode, choices
+
+IG_MODES = choices(IGMode)
+ALGOS = choices(Algo)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -35,11 +35,12 @@ from torch import Tensor
 
 from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
 from igpo_agent.algo.rewards import DEFAULT_FORMAT_PENALTY
+from igpo_agent.choices import IGTurns, choices
 from igpo_agent.ig.beliefs import reencoded_beliefs
 from igpo_agent.ig.gold import GoldSpec, gold_spec
 
 TOOL_ERROR_PREFIX = "{'error': "  # TRL's tool failure record, ``str({"error": msg})``
-IG_TURNS: tuple[str, ...] = ("search", "all")
+IG_TURNS = choices(IGTurns)
 
 Span = tuple[int, int]
 

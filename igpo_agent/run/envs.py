@@ -24,7 +24,12 @@ def env_kwargs(
     on_invalid: str,
 ) -> dict[str, Any]:
     """Keyword arguments for ``gym.make``; a ``retriever`` that is an http(s) URL selects the
-    Search-R1 ``/retrieve`` client pointed at it (e.g. a shared ``python -m igpo_env.serve``)."""
+    Search-R1 ``/retrieve`` client pointed at it (e.g. a shared ``python -m igpo_env.serve``).
+
+    ``corpus="default"`` is left out, so the env applies its own default: the shipped corpus
+    for backends that read one, nothing for those that hold their own documents (``searxng``,
+    ``serper``, a third-party web backend), which refuse a corpus. Any other corpus is passed
+    on, and such a backend then says it reads none."""
     kw: dict[str, Any] = {
         "qa": qa,
         "top_k": top_k,
@@ -38,15 +43,14 @@ def env_kwargs(
         kw["url"] = retriever
     else:
         kw["retriever"] = retriever
-        kw["corpus"] = corpus
+        if corpus != "default":
+            kw["corpus"] = corpus
     return kw
 
 
 def env_kwargs_from(settings: Any, qa: str) -> dict[str, Any]:
-    """:func:`env_kwargs` from any object with the env fields as attributes (a
-    ``TrainConfig``, the sft/evaluate argparse namespaces): ``corpus``, ``retriever``,
-    ``top_k``, ``doc_max_words``, ``protocol``, and optionally ``format_penalty`` (default
-    -2.0, the reference value) and ``on_invalid`` (default ``"continue"``)."""
+    """:func:`env_kwargs` from an object with the env option fields (any front door's config:
+    ``igpo_agent.options.EnvOptions``) for the QA set ``qa``."""
     return env_kwargs(
         qa=qa,
         corpus=settings.corpus,
@@ -54,8 +58,8 @@ def env_kwargs_from(settings: Any, qa: str) -> dict[str, Any]:
         top_k=settings.top_k,
         doc_max_words=settings.doc_max_words,
         protocol=settings.protocol,
-        format_penalty=getattr(settings, "format_penalty", -2.0),
-        on_invalid=getattr(settings, "on_invalid", "continue"),
+        format_penalty=settings.format_penalty,
+        on_invalid=settings.on_invalid,
     )
 
 

@@ -150,7 +150,7 @@ def test_cli_then_rl_from_the_adapter(
 
 def test_bad_flags_name_the_fix(tmp_path: Path) -> None:
     res = _run(["igpo_agent.sft", "--batch", "3", "--micro-batch", "2"], tmp_path)
-    assert res.returncode != 0 and "--micro-batch" in res.stderr
+    assert res.returncode != 0 and "batch=3 must be a multiple of micro_batch=2" in res.stderr
     res = _run(["igpo_agent.sft", "--protocol", "tool_call", "--examples", "0"], tmp_path)
     assert res.returncode != 0
-    assert "--examples must be >= 1" in res.stderr and "'tags' only" in res.stderr
+    assert "examples=0: use a value >= 1" in res.stderr and "'tags' only" in res.stderr
