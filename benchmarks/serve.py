@@ -35,7 +35,7 @@ import requests  # noqa: E402
 from common import print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV = ROOT / "corpora" / "default" / "dev.jsonl.gz"
+DEV = ROOT / "igpo_env" / "corpora" / "default" / "dev.jsonl.gz"
 QUICK_DOCS = {
     "Paris": "Paris is the capital of France.",
     "Tokyo": "Tokyo is the capital of Japan.",

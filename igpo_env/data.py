@@ -6,14 +6,13 @@
 - QA JSONL: ``{"id": ..., "question": ..., "golden_answers": [...]}`` (FlashRAG).
 
 Files may be gzip-compressed (``.gz``). ``"default"`` names the small corpus shipped in
-``corpora/default`` and ``"default:train"`` (``dev``, ``test``) its QA splits.
+``igpo_env/corpora/default`` and ``"default:train"`` (``dev``, ``test``) its QA splits.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -48,14 +47,14 @@ class QAExample:
 
 
 def default_data_dir() -> Path:
-    """Folder of the shipped default data (``corpora/default``), found without importing it."""
-    spec = importlib.util.find_spec("corpora")
-    if spec is None or not spec.submodule_search_locations:
+    """Folder of the shipped default data (``igpo_env/corpora/default``, package data)."""
+    folder = Path(__file__).resolve().parent / "corpora" / "default"
+    if not folder.is_dir():
         raise FileNotFoundError(
-            "the 'corpora' package with the default data is not installed; "
-            "install the project (`make install`) or pass explicit corpus/QA paths"
+            f"the shipped default data is missing ({folder}); reinstall the project "
+            "(`make install`) or pass explicit corpus/QA paths"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "default"
+    return folder
 
 
 def resolve_corpus_path(corpus: str | Path) -> Path:

@@ -5,7 +5,7 @@ model; embeddings are mean-pooled and L2-normalised, so inner product = cosine s
 
 The index (``IndexFlatIP`` by default, ``IndexHNSWFlat`` with ``index_type="hnsw"``) and the
 document embeddings are built once and saved in ``index_dir``. For the shipped default corpus
-the document embeddings come from ``corpora/default/minilm_embeddings.npy`` (see
+the document embeddings come from ``igpo_env/corpora/default/minilm_embeddings.npy`` (see
 :mod:`igpo_env.retrievers.shipped`) when the corpus, encoder files and ``max_length`` match,
 so a fresh machine has the index in about a second. Any other corpus is encoded once: texts
 sorted by length, on all cores (``build_threads=0``), in bfloat16 on CPUs that have it

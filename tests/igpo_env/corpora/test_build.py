@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from corpora import build as cb
-from corpora import sources as cs
+from igpo_env.corpora import build as cb
+from igpo_env.corpora import sources as cs
 from igpo_env.data import default_data_dir, iter_jsonl, load_corpus, load_qa
 
 ARTICLES = {
