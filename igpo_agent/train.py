@@ -33,8 +33,7 @@ from igpo_agent.learn.learner import (
 )
 from igpo_agent.model.policy import LoraSettings, Policy, configure_torch_threads, resolve_autocast
 from igpo_agent.rollout.engines import Engine, make_engine
-from igpo_agent.rollout.episodes import RolloutStats
-from igpo_agent.rollout.sampling import GenerationSettings
+from igpo_agent.rollout.sampling import GenerationSettings, RolloutStats
 from igpo_agent.run import distributed as D
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.checkpoint import (

@@ -25,3 +25,18 @@ def test_front_doors_stay_at_the_top():
         assert (PKG / f"{name}.py").is_file()
     subpackages = {p.parent.name for p in PKG.glob("*/__init__.py")}
     assert {"algo", "ig", "rollout", "model", "run", "learn", "integrations"} <= subpackages
+
+
+def test_readme_map_names_every_module():
+    """README's "Map of the code" stays true: each module of both packages is named there."""
+    readme = (PKG.parent / "README.md").read_text()
+    start = readme.index("## Map of the code")
+    text = readme[start : readme.index("\n## ", start + 1)]
+    missing = []
+    for pkg in (PKG, PKG.parent / "igpo_env"):
+        for p in pkg.rglob("*.py"):
+            if p.name == "__init__.py" or "__pycache__" in p.parts:
+                continue
+            if p.stem not in text and p.name not in text:
+                missing.append(str(p.relative_to(PKG.parent)))
+    assert not missing, f"modules missing from README's map of the code: {missing}"
