@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trl-max-completion", type=int, default=1536, help="TRL's completion bound")
     p.add_argument("--out", default=None, help="folder for runs.jsonl (default: a temp folder)")
     p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a run whose record (ARM-DTYPE-repN.json) is already in --out with the same "
+        "settings instead of running it again (to finish an interrupted benchmark)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: tiny random model, trl + igpo, fp32, 1 step, 1 rep, 1 thread",
@@ -311,6 +317,17 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--vllm-threads", str(args.vllm_threads)]
         if args.init_adapter:
             cmd += ["--init-adapter", args.init_adapter]
+        settings = {"steps": args.steps, "model": args.model, "threads": args.threads}
+        settings |= {
+            "init_adapter": args.init_adapter,
+            "trl_max_completion": args.trl_max_completion,
+        }
+        if args.reuse and rec_path.is_file():
+            rec = json.loads(rec_path.read_text())
+            if rec.get("settings") == settings:
+                records.append({**rec, "rep": rep, "reused": True})
+                print(f"[{k}/{len(order)}] {arm} {dtype} rep {rep}: reused {rec_path}", flush=True)
+                continue
         print(f"[{k}/{len(order)}] {arm} {dtype} rep {rep} ...", flush=True)
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -318,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             print(res.stdout[-2000:], res.stderr[-4000:], sep="\n", file=sys.stderr)
             raise SystemExit(f"{arm} {dtype} failed (exit {res.returncode})")
         rec = {**json.loads(rec_path.read_text()), "rep": rep, "load": os.getloadavg()[0]}
+        rec["settings"] = settings
+        rec_path.write_text(json.dumps(rec))
         records.append(rec)
         steps = ", ".join(f"{s:.0f}" for s in rec["step_s"])
         print(f"    {time.perf_counter() - t0:.0f} s; steps {steps} s", flush=True)

@@ -102,3 +102,14 @@ def test_vs_trl_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     for rec in records[1:]:  # one measured step each, with tokens and a peak RSS
         assert len(rec["step_s"]) == 1 and rec["generated_tokens"][0] > 0
         assert rec["peak_rss_mb"] > 100
+    # --reuse keeps the finished runs (same settings) instead of measuring them again
+    assert _load("vs_trl").main(["--quick", "--out", str(tmp_path), "--reuse"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": reused ") == 2 and "1.00x" in out
+
+
+def test_decode_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("decode").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "matmul" in out and "ceilings here" in out and "GFLOP/s" in out
+    assert "grow-in-place" in out and "same logits bit for bit: True" in out
