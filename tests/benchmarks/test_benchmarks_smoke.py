@@ -113,3 +113,10 @@ def test_decode_quick(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "matmul" in out and "ceilings here" in out and "GFLOP/s" in out
     assert "grow-in-place" in out and "same logits bit for bit: True" in out
+
+
+def test_eval_speed_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _load("eval_speed").main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "s/question" in out and "1.00x" in out
+    assert (tmp_path / "hf-rep0" / "results.json").is_file()
