@@ -213,8 +213,15 @@ def build_parser(
                 const=False,
                 help=argparse.SUPPRESS,
             )
-        elif typing.get_origin(members[0]) is list:
-            group.add_argument(*flags, action="append", default=None, metavar="STR", help=help_)
+        elif typing.get_origin(members[0]) is list:  # absent from the namespace unless given
+            shown = ", ".join(map(str, default)) if default else "none"
+            group.add_argument(
+                *flags,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="STR",
+                help=f"{help_} (default: {shown})",
+            )
         elif literal_values(tp):
             group.add_argument(*flags, default=default, choices=literal_values(tp), help=help_)
         else:
@@ -252,10 +259,9 @@ def parse_options(
             )
         parser.error("; ".join(msgs))
     values = {k: v for k, v in vars(args).items() if k != "config"}
-    for name, value in list(values.items()):  # an unrepeated list flag: the YAML or default
-        if value is None and name in defaults and isinstance(defaults[name], list):
+    for name in _list_fields(cls) - set(values):  # a list flag not given: the YAML's or default
+        if name in defaults:
             values[name] = defaults[name]
-    values = {k: v for k, v in values.items() if v is not None or k not in _list_fields(cls)}
     try:
         return cls(**values)
     except ValueError as err:
