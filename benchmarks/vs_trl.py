@@ -28,8 +28,12 @@ largest child's: vLLM may run its engine core in one); runs
 alternate A B A B (arms inside dtypes inside repetitions) so that a machine's changing
 load falls on every arm alike. Per arm and dtype the script prints the median seconds a
 step (all measured steps of all repetitions; step 1 included: both sides pay their
-warm-up), generated tokens per second of step time (tokens the model sampled, tool/observation tokens
-excluded), peak RSS, and the speed-up over TRL at the same dtype (TRL s/step / arm s/step).
+warm-up), generated tokens a step and per second of step time (tokens the model sampled and
+trains on, tool/observation tokens excluded on both sides), peak RSS, and two ratios to TRL
+at the same dtype: step time (TRL s/step / arm s/step) and throughput (arm tok/s / TRL
+tok/s). They differ when the two sides sample different amounts a step: TRL's tool loop
+stops a completion only at EOS or its length bound, this trainer's turns also at
+``</search>`` / ``</answer>``.
 Records go to ``--out``/runs.jsonl with the command line.
 """
 
@@ -287,13 +291,17 @@ def summarize(records: list[dict[str, Any]]) -> list[list[Any]]:
                 len(steps),
                 median[arm, dtype],
                 f"{min(steps):.0f}-{max(steps):.0f}",
+                tokens / len(steps),
                 tokens / sum(steps),
                 max(r["peak_rss_mb"] for r in rs) / 1024,
             ]
         )
+    rate = {(r[0], r[1]): r[6] for r in rows}
     for row in rows:
         ref = median.get(("trl", row[1]))
         row.append(f"{ref / median[row[0], row[1]]:.2f}x" if ref else "-")
+        ref_rate = rate.get(("trl", row[1]))
+        row.append(f"{row[6] / ref_rate:.2f}x" if ref_rate else "-")
     return rows
 
 
@@ -346,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
     print()
-    headers = ["arm", "dtype", "steps", "median s/step", "range", "gen tok/s", "peak GiB"]
-    print_table([*headers, "vs TRL"], summarize(records))
+    headers = ["arm", "dtype", "steps", "median s/step", "range", "gen tok/step", "gen tok/s"]
+    headers += ["peak GiB"]
+    print_table([*headers, "s/step vs TRL", "tok/s vs TRL"], summarize(records))
     print(f"\nrecords: {out / 'runs.jsonl'}")
     return 0
 
