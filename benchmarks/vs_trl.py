@@ -252,7 +252,9 @@ def run_trl(args: argparse.Namespace, model_path: str, tmp: str) -> dict[str, An
     trainer.train()
     logs = [r for r in trainer.state.log_history if "completions/mean_length" in r]
     gen = [r["completions/mean_length"] * g * q for r in logs]  # model tokens only (tool mask)
-    return {"step_s": times, "generated_tokens": gen}
+    # share of completions cut by the length bound (no EOS before it)
+    clipped = [r.get("completions/clipped_ratio") for r in logs]
+    return {"step_s": times, "generated_tokens": gen, "trl_clipped_ratio": clipped}
 
 
 def child(args: argparse.Namespace) -> None:
