@@ -6,13 +6,14 @@
 
 One decode step of the rollout (a batch of ``--rows`` episodes, each with a
 ``--cache``-token KV cache, LoRA r=16 on q/k/v/o as in ``configs/cpu_demo.yaml``, fp32,
-eager) is timed and profiled by operator type (weight matmuls, attention, KV-cache
-concatenation, the rest). Next to it, two ceilings measured here in the same process: the
+eager, the rollout's KV cache) is timed and profiled by operator type (weight matmuls,
+attention, ``torch.cat``, the rest). Next to it, two ceilings measured here in the same process: the
 memory bandwidth of one big tensor copy and the matmul rate of one large square product,
 which give the step's floor: reading every weight once, or doing its FLOPs at that rate,
-whichever is slower. A side-by-side row times the same step with a KV cache that grows in
-place (preallocated, no per-step ``torch.cat`` of the whole cache) to say what removing
-the concatenation alone would buy; the logits are compared bit for bit.
+whichever is slower. Side by side, A B A B: the same steps with transformers'
+``DynamicCache`` (``torch.cat`` of the whole cache every step) and with the rollout's
+grow-in-place cache (:mod:`igpo_agent.rollout.kv_cache`); the logits are compared bit for
+bit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from common import machine_line, print_table  # noqa: E402
-from transformers.cache_utils import DynamicLayer  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+from igpo_agent.model.loading import returned_cache, with_cache  # noqa: E402
+from igpo_agent.rollout.kv_cache import new_cache  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,28 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.model, args.steps, args.cache = "tiny", 4, 64
     return args
-
-
-def _grow_update(self: Any, k: torch.Tensor, v: torch.Tensor, *a: Any, **kw: Any) -> Any:
-    """DynamicLayer.update writing into a preallocated buffer (amortised doubling)."""
-    if not self.is_initialized:
-        self.lazy_initialization(k, v)
-    n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-    add = k.shape[-2]
-    kb = getattr(self, "_kbuf", None)
-    stale = kb is None or n == 0 or self.keys.data_ptr() != kb.data_ptr()
-    if stale or kb.shape[:2] != k.shape[:2] or n + add > kb.shape[-2]:
-        cap = n + add + max(64, n + add)
-        nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-        nv = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-        if n:
-            nk[..., :n, :] = self.keys
-            nv[..., :n, :] = self.values
-        self._kbuf, self._vbuf = nk, nv
-    self._kbuf[..., n : n + add, :] = k
-    self._vbuf[..., n : n + add, :] = v
-    self.keys, self.values = self._kbuf[..., : n + add, :], self._vbuf[..., : n + add, :]
-    return self.keys, self.values
 
 
 def load_model(name: str) -> torch.nn.Module:
@@ -88,24 +70,31 @@ def load_model(name: str) -> torch.nn.Module:
 
 @torch.no_grad()
 def decode_steps(
-    model: torch.nn.Module, rows: int, cache: int, steps: int, around: Any = None
+    model: torch.nn.Module,
+    rows: int,
+    cache: int,
+    steps: int,
+    around: Any = None,
+    kv: Any = None,
 ) -> tuple[float, Any]:
-    """Prefill ``rows`` x ``cache`` tokens (some rows left-padded), then time ``steps`` greedy
-    decode steps (inside the context manager ``around`` when given, e.g. a profiler);
-    returns (seconds per step, stacked logits)."""
+    """Prefill ``rows`` x ``cache`` tokens (some rows left-padded) into ``kv`` (default: a
+    transformers ``DynamicCache``), then time ``steps`` greedy decode steps (inside the
+    context manager ``around`` when given, e.g. a profiler); returns (seconds per step,
+    stacked logits)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 40000, (rows, cache), generator=g)
     mask = torch.ones(rows, cache, dtype=torch.long)
     mask[: rows // 4, : cache // 10] = 0  # padded rows, as in a batch of different lengths
-    out = model(input_ids=ids, attention_mask=mask, use_cache=True)
-    kv, logits = out.past_key_values, []
+    kv = DynamicCache() if kv is None else kv
+    out = model(input_ids=ids, attention_mask=mask, **with_cache(kv), use_cache=True)
+    kv, logits = returned_cache(out), []
     tok = out.logits[:, -1].argmax(-1, keepdim=True)
     with around if around is not None else contextlib.nullcontext():
         t0 = time.perf_counter()
         for _ in range(steps):
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-            out = model(input_ids=tok, attention_mask=mask, past_key_values=kv, use_cache=True)
-            kv = out.past_key_values
+            out = model(input_ids=tok, attention_mask=mask, **with_cache(kv), use_cache=True)
+            kv = returned_cache(out)
             logits.append(out.logits[:, -1])
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
         secs = (time.perf_counter() - t0) / steps
@@ -113,16 +102,17 @@ def decode_steps(
 
 
 def op_split(model: torch.nn.Module, rows: int, cache: int) -> dict[str, float]:
-    """Milliseconds per decode step by operator kind (torch.profiler, 3 steps)."""
+    """Milliseconds per decode step by operator kind (torch.profiler, 3 steps, the rollout's
+    grow-in-place cache)."""
     from torch.profiler import ProfilerActivity, profile
 
     groups: dict[str, Callable[[str], bool]] = {
         "matmul": lambda n: n in ("aten::mm", "aten::addmm", "aten::bmm"),
         "attention": lambda n: "scaled_dot_product" in n,
-        "torch.cat (KV cache, rotary, mask)": lambda n: n == "aten::cat",
+        "torch.cat": lambda n: n == "aten::cat",
     }
     prof = profile(activities=[ProfilerActivity.CPU])
-    decode_steps(model, rows, cache, 3, around=prof)
+    decode_steps(model, rows, cache, 3, around=prof, kv=new_cache())  # the rollout's cache
     split = dict.fromkeys([*groups, "other"], 0.0)
     for ev in prof.key_averages():
         kind = next((k for k, f in groups.items() if f(ev.key)), "other")
@@ -177,18 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         "not counted"
     )
     rows = []
-    original = DynamicLayer.update
-    times: dict[str, list[float]] = {"torch.cat cache (transformers)": [], "grow-in-place": []}
+    caches = {
+        "torch.cat (transformers DynamicCache)": DynamicCache,
+        "grow in place (new_cache)": new_cache,
+    }
+    times: dict[str, list[float]] = {name: [] for name in caches}
     logits = {}
     for _ in range(2):  # A B A B
-        for name, update in zip(times, (original, _grow_update), strict=True):
-            DynamicLayer.update = update
-            try:
-                sec, logits[name] = decode_steps(model, args.rows, args.cache, args.steps)
-            finally:
-                DynamicLayer.update = original
+        for name, make in caches.items():
+            sec, logits[name] = decode_steps(model, args.rows, args.cache, args.steps, kv=make())
             times[name].append(sec)
-    base = min(times["torch.cat cache (transformers)"])
+    base = min(times["torch.cat (transformers DynamicCache)"])
     for name, ts in times.items():
         rows.append([name, 1e3 * min(ts), args.rows / min(ts), base / min(ts)])
     print_table(["KV cache", "ms/step", "tok/s", "speed-up"], rows)

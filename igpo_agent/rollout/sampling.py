@@ -44,6 +44,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from igpo_agent.model.loading import returned_cache, with_cache
+from igpo_agent.rollout.kv_cache import GrowingLayer, new_cache
 
 __all__ = [
     "EpisodeCache",
@@ -327,7 +328,7 @@ def _pad_past(
             ks.append(k)
             vs.append(v)
         data.append((torch.stack(ks), torch.stack(vs)))
-    return DynamicCache(ddp_cache_data=data), longest
+    return new_cache(data), longest
 
 
 def extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCache:
@@ -343,7 +344,7 @@ def extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCac
 def cache_is_reusable(cache: object) -> bool:
     """Only plain full-attention dynamic caches can be split per row and stitched back."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in layers)
 
 
 @torch.no_grad()
@@ -391,7 +392,7 @@ def generate_turn(
     if ref is not None:
         kv, past_len = _pad_past(past, len(ref.layers), ref.layers[0])
     else:
-        kv, past_len = DynamicCache(), 0
+        kv, past_len = new_cache(), 0
     input_ids = torch.full((bsz, width), pad_id, dtype=torch.long)
     mask = torch.zeros((bsz, past_len + width), dtype=torch.long)
     positions = torch.zeros((bsz, width), dtype=torch.long)

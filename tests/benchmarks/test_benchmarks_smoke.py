@@ -112,7 +112,7 @@ def test_decode_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert _load("decode").main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "matmul" in out and "ceilings here" in out and "GFLOP/s" in out
-    assert "grow-in-place" in out and "same logits bit for bit: True" in out
+    assert "grow in place" in out and "same logits bit for bit: True" in out
 
 
 def test_eval_speed_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
