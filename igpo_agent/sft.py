@@ -204,6 +204,7 @@ def run_eval(
         protocol=args.protocol,
         engine=engine,
         max_new_tokens=args.max_new_tokens,
+        progress=label,
     )
     secs = time.perf_counter() - t0
     if episodes_path is not None:
