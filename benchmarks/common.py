@@ -25,6 +25,8 @@ from typing import Any  # noqa: E402
 import igpo_agent  # noqa: E402, F401  (threading policy before torch loads)
 
 MODELS = ("tiny", "smollm2")
+VLLM_PYTHON = str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
+"""The interpreter of the separate vLLM environment (``make test`` / docs/VLLM.md build it)."""
 TAGS_STOP = ("</search>", "</answer>")
 
 

@@ -31,7 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from common import machine_line, print_table  # noqa: E402
+from common import load_policy, machine_line, print_table  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from igpo_agent.model.loading import returned_cache, with_cache  # noqa: E402
@@ -51,21 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.model, args.steps, args.cache = "tiny", 4, 64
     return args
-
-
-def load_model(name: str) -> torch.nn.Module:
-    """The policy as the trainer builds it: base model + LoRA r=16 on q/k/v/o, fp32, eval."""
-    from igpo_agent.model.loading import build_tiny_model, load_tokenizer
-    from igpo_agent.model.policy import LoraSettings, Policy
-
-    lora = LoraSettings(r=16, alpha=32, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
-    path = "smollm2-135m-instruct"
-    if name == "tiny":
-        import tempfile
-
-        path = str(Path(tempfile.mkdtemp(prefix="decode-")) / "tiny")
-        build_tiny_model(load_tokenizer("smollm2-135m-instruct"), path)
-    return Policy.load(path, lora=lora, device="cpu", dtype="float32").model.eval()
 
 
 @torch.no_grad()
@@ -144,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine_line(args.threads))
-    model = load_model(args.model)
+    model = load_policy(args.model, lora=True).model.eval()  # LoRA r=16 on q/k/v/o
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     n_params = sum(p.numel() for p in model.parameters())
     bw, peak = ceilings(args.threads)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from common import machine_line, print_table  # noqa: E402
+from common import VLLM_PYTHON, machine_line, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPISODE_LIMITS = ["--max_turns", "3", "--max_new_tokens", "64", "--top_k", "3"]
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default="hf,hf-bf16,vllm", help="comma list of hf, hf-bf16, vllm")
     p.add_argument(
         "--vllm-python",
-        default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+        default=VLLM_PYTHON,
         help="interpreter for the vllm arm",
     )
     p.add_argument("--out", default=None, help="folder for runs.jsonl (default: a temp folder)")

@@ -53,7 +53,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from common import machine_line, peak_rss_mb, print_table  # noqa: E402
+from common import VLLM_PYTHON, machine_line, peak_rss_mb, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("trl", "igpo", "grpo", "igpo-vllm")
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     p.add_argument(
         "--vllm-python",
-        default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+        default=VLLM_PYTHON,
         help="interpreter for the igpo-vllm arm (a venv with vLLM)",
     )
     p.add_argument("--vllm-threads", type=int, default=1, help="vLLM's CPU threads (igpo-vllm)")

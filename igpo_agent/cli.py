@@ -241,11 +241,10 @@ def parse_options(
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    base = build_parser(cls, prog=prog, description=description)
     try:
         defaults = read_yaml(known.config, cls) if known.config else {}
     except (OSError, ValueError) as err:
-        base.error(str(err))
+        build_parser(cls, prog=prog, description=description).error(str(err))
     parser = build_parser(cls, defaults, prog=prog, description=description)
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -29,7 +29,6 @@ from igpo_agent.choices import (
     LossAgg,
     LRSchedule,
     NormMode,
-    choices,
 )
 from igpo_agent.options import (
     EnvOptions,
@@ -39,15 +38,6 @@ from igpo_agent.options import (
     ModelOptions,
     opt,
 )
-
-# The choice tuples, for code that checks a value at run time (one Literal each in choices).
-ALGOS = choices(Algo)
-IG_MODES = choices(IGMode)
-NORMS = choices(NormMode)
-IG_METHODS = choices(IGMethod)
-LOSS_AGGS = choices(LossAgg)
-LR_SCHEDULES = choices(LRSchedule)
-KL_REFERENCES = choices(KLReference)
 
 
 @dataclass
@@ -195,11 +185,6 @@ def resolve_ig_method(cfg: TrainConfig) -> str:
     if cfg.ig_method != "auto":
         return cfg.ig_method
     return "live" if cfg.engine == "hf" else "packed"
-
-
-def validate(cfg: TrainConfig) -> list[str]:
-    """Every problem with ``cfg`` as a message that says what to change (empty: valid)."""
-    return cfg.problems()
 
 
 def _check_train(cfg: TrainConfig, e: list[str]) -> None:
