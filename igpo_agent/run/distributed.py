@@ -21,6 +21,7 @@ rank. Backend: ``nccl`` when the run uses CUDA (each rank on ``cuda:LOCAL_RANK``
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -111,6 +112,13 @@ def init_distributed(device: str = "auto", *, timeout_s: float = 3600.0) -> Dist
         torch.cuda.set_device(local)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
+        # torch.distributed.nn binds ``group.WORLD`` into its functions' default arguments
+        # when first imported, and transformers imports it lazily (loading a tokenizer). Left
+        # until after init, that import holds the process group for good: destroy then cannot
+        # free it, gloo's worker threads outlive the interpreter and a rank can abort at exit
+        # ("terminate called without an active exception"). Imported now, the defaults are None.
+        importlib.import_module("torch.distributed.nn")
+
         kw: dict[str, Any] = {}
         if cuda:
             kw["device_id"] = torch.device("cuda", local)
