@@ -225,8 +225,8 @@ with open(f"{sys.argv[1]}/rank{info.rank}.txt", "w") as f:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_destroy_frees_the_process_group(tmp_path: Path) -> None:
     """Once training ends no gloo thread is left to outlive the interpreter: such a thread,
-    still releasing a finished collective's tensors, aborted rank 1 at exit in CI (1 run in
-    ~50). A module imported after init that binds the group as a default argument (as
+    still releasing a finished collective's tensors, aborted rank 1 at exit in CI (here 3 of
+    84 two-rank launches beside a CPU hog). A module imported after init that binds the group as a default argument (as
     torch.distributed.nn does) must not keep the process group alive past destroy."""
     script = tmp_path / "teardown.py"
     script.write_text(_TEARDOWN_SCRIPT)
