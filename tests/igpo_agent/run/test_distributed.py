@@ -68,19 +68,24 @@ def _torchrun(
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 -m igpo_agent.train`` (gloo on CPU), ranks dumping
     their trainable weights after every step into ``dump``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--standalone", "-m", "igpo_agent.train", "--config", "configs/tiny_test.yaml"]
-    cmd += ["--model", str(model), "--run_dir", str(run)]
+    args = ["-m", "igpo_agent.train", "--config", "configs/tiny_test.yaml"]
+    args += ["--model", str(model), "--run_dir", str(run)]
     for k, v in {**ARGS, **data}.items():
-        cmd += [f"--{k}", str(v)]
-    cmd += extra  # last: overrides ARGS
-    env = {
-        **os.environ,
-        "IGPO_CACHE": str(tmp / "cache"),
-        D.DUMP_ENV: str(dump),
-        "OMP_NUM_THREADS": "1",
-    }
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        args += [f"--{k}", str(v)]
+    args += extra  # last: overrides ARGS
+    env = {"IGPO_CACHE": str(tmp / "cache"), D.DUMP_ENV: str(dump)}
+    return _launch_two_ranks(args, env, timeout=240)
+
+
+def _launch_two_ranks(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` from the repo root, one torch thread
+    per rank, ``env`` added; it must exit 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--standalone", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
 
@@ -230,11 +235,8 @@ def test_destroy_frees_the_process_group(tmp_path: Path) -> None:
     torch.distributed.nn does) must not keep the process group alive past destroy."""
     script = tmp_path / "teardown.py"
     script.write_text(_TEARDOWN_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--standalone", str(script), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    # a script's folder, not the cwd, leads sys.path: PYTHONPATH makes this checkout's code win
+    _launch_two_ranks([str(script), str(tmp_path)], {"PYTHONPATH": str(ROOT)}, timeout=120)
     for rank in (0, 1):
         threads = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert threads and not any("gloo" in t for t in threads), f"rank {rank}: {threads}"
