@@ -189,7 +189,9 @@ def step_share(args: argparse.Namespace) -> None:
     from step import run_training
 
     runs, peak = run_training(
-        args.step_config, steps=args.step_steps, extra=["--eval_questions", "0"]
+        args.step_config,
+        steps=args.step_steps,
+        extra=["--eval_questions", "0", "--probe_every", "0"],
     )
     rows = []
     for m in runs:

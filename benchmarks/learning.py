@@ -9,7 +9,8 @@ igpo_agent.sft --out runs/demo/sft --eval_questions 0 --max_turns 3 --max_new_to
 processes: ``python -m igpo_agent.train --config CONFIG --init_adapter ADAPTER --algo igpo``
 and the same with ``--algo grpo`` (outcome reward only). Both runs share the config, the
 seed, the warm-start adapter, the number of steps (so the number of rollouts) and the
-fixed dev subset evaluated greedily before training, every ``--eval-every`` steps and after
+fixed evaluation subset (stratified by article; ``--eval-qa``: dev by default, test for a
+claim) evaluated greedily before training, every ``--eval-every`` steps and after
 training. Everything else comes from ``--config`` (default ``configs/cpu_demo.yaml``:
 SmolLM2-135M + LoRA, 2 questions x G=4 = 8 rollouts per step, 3 turns, 64 new tokens per
 turn); on a GPU pass a bigger config (e.g. ``configs/paper_7b_gpu.yaml``) or ``--extra``
@@ -78,6 +79,8 @@ def train_command(
     eval_every: int,
     eval_questions: int,
     init_adapter: str | None,
+    eval_qa: str = "default:dev",
+    eval_seed: int = 0,
     seed: int | None,
     extra: list[str],
     python: str | None = None,
@@ -90,6 +93,7 @@ def train_command(
     cmd = [python or sys.executable, "-m", "igpo_agent.train", "--config", config]
     cmd += ["--run_dir", str(run_dir), "--algo", algo, "--steps", str(steps)]
     cmd += ["--eval_every", str(eval_every), "--eval_questions", str(eval_questions)]
+    cmd += ["--eval_qa", eval_qa, "--eval_seed", str(eval_seed)]
     cmd += ["--save_every", "0", "--tensorboard", "false", "--dump_rollouts_every", "0"]
     if init_adapter is not None:
         cmd += ["--init_adapter", init_adapter]
@@ -204,6 +208,29 @@ def collect_rows(algo: str, records: list[dict[str, Any]]) -> list[dict[str, Any
                     "eval_em": rec.get(K.EVAL_EM),
                     "eval_format_error_rate": rec.get(K.EVAL_FORMAT_ERROR_RATE),
                     "eval_f1_ci": [rec.get(K.EVAL_F1_CI_LOW), rec.get(K.EVAL_F1_CI_HIGH)],
+                    "eval_gold_retrieved": rec.get(K.EVAL_GOLD_RETRIEVED),
+                    "eval_f1_retrieved": rec.get(K.EVAL_F1_RETRIEVED),
+                    "eval_f1_not_retrieved": rec.get(K.EVAL_F1_NOT_RETRIEVED),
+                    "answers_changed": rec.get(K.EVAL_CHANGED),
+                    "answers_better": rec.get(K.EVAL_BETTER),
+                    "answers_worse": rec.get(K.EVAL_WORSE),
+                }
+            )
+        if isinstance(rec.get(K.PROBE_REWARD), (int, float)):
+            rows.append(
+                {
+                    "kind": "probe",
+                    "algo": algo,
+                    "step": step,
+                    "rollouts_seen": seen,
+                    "probe_reward": rec[K.PROBE_REWARD],
+                    "probe_reward_ci": [
+                        rec.get(K.PROBE_REWARD_CI_LOW),
+                        rec.get(K.PROBE_REWARD_CI_HIGH),
+                    ],
+                    "probe_f1": rec.get(K.PROBE_F1),
+                    "probe_pass_at_1": rec.get(K.PROBE_PASS_AT_1),
+                    "probe_pass_at_g": rec.get(K.PROBE_PASS_AT_G),
                 }
             )
     return rows
@@ -384,7 +411,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init-adapter", default="runs/demo/sft", help="warm-start LoRA adapter")
     p.add_argument("--steps", type=int, default=4, help="training steps per algorithm")
     p.add_argument("--eval-every", type=int, default=2, help="dev evaluation every N steps")
-    p.add_argument("--eval-questions", type=int, default=16, help="dev questions per eval")
+    p.add_argument("--eval-questions", type=int, default=16, help="questions per eval")
+    p.add_argument(
+        "--eval-qa",
+        default="default:dev",
+        help="evaluation split: default:dev to choose settings, default:test for a claim",
+    )
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the stratified eval subset")
     p.add_argument("--seed", type=int, default=None, help="seed for both arms (default: config)")
     p.add_argument(
         "--seeds",
@@ -451,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     config = str((ROOT / args.config) if not Path(args.config).exists() else Path(args.config))
     print(
         f"learning: {', '.join(args.algos)} from {init_adapter or 'a random tiny model'}; "
-        f"config {args.config}, {args.steps} steps, dev eval every {args.eval_every} steps on "
-        f"{args.eval_questions} questions; load average {os.getloadavg()[0]:.2f}"
+        f"config {args.config}, {args.steps} steps, eval every {args.eval_every} steps on "
+        f"{args.eval_questions} questions of {args.eval_qa} (stratified, seed {args.eval_seed}); load average {os.getloadavg()[0]:.2f}"
     )
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
@@ -473,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_every=args.eval_every,
             eval_questions=args.eval_questions,
             init_adapter=init_adapter,
+            eval_qa=args.eval_qa,
+            eval_seed=args.eval_seed,
             seed=seed,
             extra=extra,
             python=args.python,

@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             records, peak = run_training(args.config, steps=None, extra=extra)
         else:
             records, peak = run_training(
-                args.config, steps=args.steps, extra=["--eval_questions", "0", *extra]
+                args.config,
+                steps=args.steps,
+                extra=["--eval_questions", "0", "--probe_every", "0", *extra],
             )
     finally:
         if tmp_model is not None:

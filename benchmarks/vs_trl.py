@@ -172,6 +172,7 @@ def run_igpo(args: argparse.Namespace, model: str, tmp: str) -> dict[str, Any]:
         micro_batch_size=2,
         steps=args.steps,
         eval_questions=0,
+        probe_every=0,
         save_every=0,
         dump_rollouts_every=0,
         tensorboard=False,

@@ -230,19 +230,27 @@ def build_parser(
 
 
 def parse_options(
-    cls: type[T], argv: list[str] | None = None, *, prog: str | None = None, description: str = ""
+    cls: type[T],
+    argv: list[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str = "",
+    base: dict[str, Any] | None = None,
 ) -> T:
     """Parse ``--config FILE.yaml`` then ``--field value`` overrides into a valid ``cls``.
 
     ``argv=None`` reads ``sys.argv[1:]``. Unknown flags or YAML keys and invalid values
     raise ``SystemExit`` (argparse's exit code 2) with a message naming the fix. A list
-    field given on the command line replaces the YAML list.
+    field given on the command line replaces the YAML list. ``base``: values under the YAML
+    file's and the flags' (e.g. the settings of the run an adapter came from).
     """
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     try:
-        defaults = read_yaml(known.config, cls) if known.config else {}
+        if base:
+            check_keys(cls, base)
+        defaults = {**(base or {}), **(read_yaml(known.config, cls) if known.config else {})}
     except (OSError, ValueError) as err:
         build_parser(cls, prog=prog, description=description).error(str(err))
     parser = build_parser(cls, defaults, prog=prog, description=description)

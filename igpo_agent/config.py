@@ -74,7 +74,6 @@ class TrainConfig(GenerationOptions, EnvOptions, EvalOptions, LoraOptions, Model
     questions_per_step: int = opt(2, "rollout", "Questions per training step.")
     temperature: float = opt(1.0, "rollout", "Sampling temperature (> 0).")
     top_p: float = opt(1.0, "rollout", "Nucleus sampling mass in (0, 1].")
-    max_context: int | None = opt(None, "rollout", "Stop an episode past this many tokens.")
     # --- algorithm ---
     algo: Algo = opt(
         "igpo", "algorithm", "igpo (IG turn rewards + outcome) or grpo (outcome only)."
@@ -153,6 +152,19 @@ class TrainConfig(GenerationOptions, EnvOptions, EvalOptions, LoraOptions, Model
     # --- loop ---
     steps: int = opt(8, "loop", "Training steps (one rollout batch + update each).")
     eval_every: int = opt(0, "loop", "Evaluate every N steps; 0: only before and after training.")
+    probe_every: int = opt(
+        4,
+        "probe",
+        "Run the fixed probe (the same training questions, G rollouts each at the training "
+        "temperature, the same seeds every time: the learning curve) before training, every "
+        "N steps and at the end; 0: never.",
+    )
+    probe_questions: int = opt(
+        16, "probe", "Training questions in the probe (a sample stratified by article)."
+    )
+    probe_seed: int = opt(
+        0, "probe", "Seed of the probe's question sample, sampling generator and env seeds."
+    )
     save_every: int = opt(4, "loop", "Checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = opt(3, "loop", "Keep the newest K checkpoints.")
     dump_rollouts_every: int = opt(
@@ -232,11 +244,6 @@ def _check_train(cfg: TrainConfig, e: list[str]) -> None:
         e.append(f"temperature={cfg.temperature}: sampling needs a temperature > 0")
     if not 0 < cfg.top_p <= 1:
         e.append(f"top_p={cfg.top_p}: use a value in (0, 1]")
-    if cfg.max_context is not None and cfg.max_context <= cfg.max_new_tokens:
-        e.append(
-            f"max_context={cfg.max_context} must exceed max_new_tokens={cfg.max_new_tokens} "
-            "(or be none for the model's limit)"
-        )
     if not 0.0 <= cfg.gamma <= 1.0:
         e.append(f"gamma={cfg.gamma}: use a discount in [0, 1] (reference: 1.0)")
     if not cfg.clip_eps > 0:
@@ -256,7 +263,12 @@ def _check_train(cfg: TrainConfig, e: list[str]) -> None:
         e.append(f"warmup_steps={cfg.warmup_steps}: use a value >= 0")
     elif cfg.steps > 0 and cfg.warmup_steps > cfg.steps:
         e.append(f"warmup_steps={cfg.warmup_steps} exceeds steps={cfg.steps}: lower it")
+    if cfg.probe_questions < 1:
+        e.append(f"probe_questions={cfg.probe_questions}: use a value >= 1 (probe_every=0: off)")
+    if cfg.probe_seed < 0:
+        e.append(f"probe_seed={cfg.probe_seed}: use a non-negative seed")
     for name in (
+        "probe_every",
         "eval_every",
         "save_every",
         "dump_rollouts_every",

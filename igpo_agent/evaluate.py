@@ -14,6 +14,7 @@ Examples::
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -21,15 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
+
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent.cli import parse_options
-from igpo_agent.options import EnvOptions, GenerationOptions, ModelOptions, opt
+from igpo_agent.options import (
+    EnvOptions,
+    EvalSeedOptions,
+    GenerationOptions,
+    ModelOptions,
+    opt,
+)
 from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
-from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
+from igpo_agent.run.envs import env_kwargs_from, make_envs, question_strata
+from igpo_agent.run.subsets import describe, stratified_indices
+from igpo_agent.run.summary import (
+    episode_record,
+    read_eval_records,
+    retrieval_line,
+    retrieval_split,
+)
 
 # The paper's column order (ALGORITHM "Reference results"), with the names users give files.
 PAPER_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -164,11 +180,23 @@ def evaluate_policy(
     return out
 
 
-def eval_indices(total: int, questions: int) -> list[int]:
-    """The first ``questions`` indices (all when 0 or more than there are): a fixed subset,
-    so that evaluations before and after training see the same questions."""
-    n = total if questions <= 0 else min(questions, total)
-    return list(range(n))
+@dataclass(frozen=True)
+class EvalSubset:
+    """The questions an evaluation plays: env indices (sorted) and a line naming them."""
+
+    indices: list[int]
+    description: str
+
+
+def eval_subset(env: Any, questions: int, seed: int, source: str = "eval") -> EvalSubset:
+    """A fixed seeded sample of ``questions`` of the env's QA set, stratified by article (or
+    dataset where there is none): :func:`igpo_agent.run.subsets.stratified_indices`. Every
+    question when ``questions`` is 0 or more than there are. The same arguments give the
+    same subset, so evaluations before and after training (and other runs with the same
+    ``seed``) see the same questions."""
+    strata = question_strata(env)
+    idx = stratified_indices(strata, questions, seed)
+    return EvalSubset(idx, describe(strata, idx, source=source, seed=seed))
 
 
 def greedy_eval(
@@ -177,24 +205,50 @@ def greedy_eval(
     questions: int,
     *,
     protocol: str,
+    seed: int = 0,
+    source: str = "eval",
     engine: Engine | None = None,
     progress: str | None = None,
     **settings: Any,
-) -> tuple[list[Trajectory], DatasetResult]:
-    """The fixed eval subset (:func:`eval_indices` of ``questions``) played greedily, and its
-    summary: the shared core of train's and sft's ``run_eval``. ``settings`` are
-    :class:`GenerationSettings` fields besides the temperature (0)."""
-    idx = eval_indices(question_count(envs[0]), questions)
+) -> tuple[list[Trajectory], DatasetResult, EvalSubset]:
+    """The fixed eval subset (:func:`eval_subset` of ``questions`` and ``seed``) played
+    greedily, its summary and the subset: the shared core of train's and sft's
+    ``run_eval``. ``settings`` are :class:`GenerationSettings` fields besides the
+    temperature (0)."""
+    subset = eval_subset(envs[0], questions, seed, source)
     trajs = evaluate_policy(
         policy,
         envs,
-        idx,
+        subset.indices,
         settings=GenerationSettings(temperature=0.0, **settings),
         protocol=protocol,
         engine=engine,
         progress=progress,
     )
-    return trajs, summarize(trajs, trajs[0].dataset or "eval")
+    return trajs, summarize(trajs, trajs[0].dataset or "eval"), subset
+
+
+def retrieval_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The logged retrieval split of an evaluation's records (:func:`retrieval_split`)."""
+    split = retrieval_split(records)
+    out = {K.EVAL_GOLD_RETRIEVED: split["recall"].value}
+    for iv, keys in (
+        (
+            split["f1_retrieved"],
+            (K.EVAL_F1_RETRIEVED, K.EVAL_F1_RETRIEVED_CI_LOW, K.EVAL_F1_RETRIEVED_CI_HIGH),
+        ),
+        (
+            split["f1_not_retrieved"],
+            (
+                K.EVAL_F1_NOT_RETRIEVED,
+                K.EVAL_F1_NOT_RETRIEVED_CI_LOW,
+                K.EVAL_F1_NOT_RETRIEVED_CI_HIGH,
+            ),
+        ),
+    ):
+        if iv is not None:
+            out.update(dict(zip(keys, (iv.value, iv.low, iv.high), strict=True)))
+    return out
 
 
 def eval_metrics(res: DatasetResult) -> dict[str, float]:
@@ -208,7 +262,7 @@ def eval_metrics(res: DatasetResult) -> dict[str, float]:
 
 
 @dataclass
-class EvalConfig(GenerationOptions, EnvOptions, ModelOptions):
+class EvalConfig(GenerationOptions, EnvOptions, EvalSeedOptions, ModelOptions):
     """The evaluator's options: the shared model, env and generation groups
     (:mod:`igpo_agent.options`, the trainer's too) plus which adapter and QA sets."""
 
@@ -221,7 +275,11 @@ class EvalConfig(GenerationOptions, EnvOptions, ModelOptions):
         "eval",
         "QA set, repeatable: default:SPLIT, a FlashRAG JSONL path, or NAME=PATH.",
     )
-    questions: int = opt(64, "eval", "Questions per QA set, a fixed subset; 0 = all.")
+    questions: int = opt(
+        64,
+        "eval",
+        "Questions per QA set: a fixed sample stratified by article (eval_seed); 0 = all.",
+    )
     eval_batch_size: int = opt(
         16,
         "eval",
@@ -238,29 +296,130 @@ class EvalConfig(GenerationOptions, EnvOptions, ModelOptions):
             e.append("qa is empty: give at least one QA set, e.g. default:dev")
 
 
+RUN_CONFIG = "config.yaml"
+HANDED_OVER = (
+    "model",
+    "dtype",
+    "env_id",
+    "corpus",
+    "retriever",
+    "top_k",
+    "doc_max_words",
+    "max_turns",
+    "protocol",
+    "format_penalty",
+    "on_invalid",
+    "max_new_tokens",
+    "max_context",
+    "engine",
+    "vllm_dtype",
+    "eval_seed",
+    "eval_batch_size",
+)
+"""The settings an adapter's run hands to its evaluation: model and precision, the env, how
+turns are generated (at temperature 0), and which questions (with ``eval_qa`` -> ``qa``,
+``eval_questions`` -> ``questions``) in batches of the same size."""
+
+
+def find_run_config(adapter: str | Path) -> Path | None:
+    """The ``config.yaml`` of the run that saved ``adapter`` (``RUN/final`` -> ``RUN``; an
+    adapter folder holding its own ``config.yaml`` counts too), or None."""
+    folder = Path(adapter)
+    for d in (folder, folder.parent):
+        if (d / RUN_CONFIG).is_file():
+            return d / RUN_CONFIG
+    return None
+
+
+def run_settings(adapter: str | Path | None) -> tuple[dict[str, Any], Path | None]:
+    """EvalConfig values from the adapter's run config (:data:`HANDED_OVER`) and its path;
+    ({}, None) when there is no run config."""
+    path = find_run_config(adapter) if adapter else None
+    if path is None:
+        return {}, None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a mapping of field: value")
+    out = {k: data[k] for k in HANDED_OVER if k in data}
+    if data.get("eval_qa"):
+        out["qa"] = [str(data["eval_qa"])]
+    if data.get("eval_questions"):
+        out["questions"] = int(data["eval_questions"])
+    return out, path
+
+
 def parse_config(argv: list[str] | None = None) -> EvalConfig:
-    """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`)."""
+    """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`),
+    on top of the settings of the ``--adapter``'s run (:func:`run_settings`)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--adapter")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    adapter = known.adapter
+    if adapter is None and known.config and Path(known.config).is_file():
+        adapter = (yaml.safe_load(Path(known.config).read_text()) or {}).get("adapter")
+    base, _ = run_settings(adapter)
     return parse_options(
         EvalConfig,
         argv,
         prog="python -m igpo_agent.evaluate",
         description="Greedy search-agent evaluation: EM / F1 / cover-EM per dataset.",
+        base=base,
     )
+
+
+def settings_line(args: EvalConfig) -> str:
+    """The episode and generation settings an evaluation runs with, in one line."""
+    names = ("max_turns", "max_new_tokens", "max_context", "top_k", "doc_max_words")
+    names += ("protocol", "retriever", "corpus", "engine", "dtype", "eval_seed")
+    return ", ".join(f"{k}={getattr(args, k)}" for k in names) + ", temperature=0 (greedy)"
+
+
+def same_answers(run_records: Sequence[dict], records: Sequence[dict]) -> tuple[int, int]:
+    """(same answers, shared questions) of two evaluations' records, matched by qid."""
+    by_qid = {r["qid"]: r for r in run_records}
+    shared = [r for r in records if r["qid"] in by_qid]
+    same = sum(
+        by_qid[r["qid"]]["answer"] == r["answer"]
+        and by_qid[r["qid"]]["format_ok"] == r["format_ok"]
+        for r in shared
+    )
+    return same, len(shared)
+
+
+def _run_final_records(run_config: Path, adapter: str) -> list[dict[str, Any]] | None:
+    """The run's own final evaluation records when ``adapter`` is that run's ``final``."""
+    if Path(adapter).resolve() != (run_config.parent / "final").resolve():
+        return None
+    steps = (yaml.safe_load(run_config.read_text()) or {}).get("steps")
+    if not isinstance(steps, int):
+        return None
+    return read_eval_records(run_config.parent, f"step-{steps}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
     args = parse_config(argv)
+    base, run_config = run_settings(args.adapter)
+    if run_config is not None:
+        print(
+            f"settings of the adapter's run ({run_config}) unless overridden: "
+            + ", ".join(f"{k}={v}" for k, v in base.items())
+        )
+    print(f"evaluating with {settings_line(args)}")
     from igpo_agent.model.policy import Policy, configure_torch_threads
 
     configure_torch_threads(args.threads)
     policy = Policy.load(
         args.model, device=args.device, dtype=args.dtype, init_adapter=args.adapter
     )
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=0.0, max_context=args.max_context
+    )
     engine = make_engine(args.engine, policy, dtype=args.vllm_dtype, threads=args.vllm_threads)
     results: list[DatasetResult] = []
     episodes: list[dict[str, Any]] = []
+    all_records: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for spec in args.qa:
         name, sep, path = spec.partition("=")
@@ -268,11 +427,12 @@ def main(argv: list[str] | None = None) -> int:
             name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
         kw = env_kwargs_from(args, path)
         envs = make_envs(args.env_id, args.eval_batch_size, args.max_turns, **kw)
-        idx = eval_indices(question_count(envs[0]), args.questions)
+        subset = eval_subset(envs[0], args.questions, args.eval_seed, spec)
+        print(subset.description)
         trajs = evaluate_policy(
             policy,
             envs,
-            idx,
+            subset.indices,
             settings=settings,
             protocol=args.protocol,
             engine=engine,
@@ -280,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         dataset = name or (trajs[0].dataset if trajs else spec)
         results.append(summarize(trajs, dataset))
+        records = [episode_record(t) for t in trajs]
+        all_records += records
+        print(f"{dataset}: {retrieval_line(records)}")
         episodes += [
             {
                 "dataset": dataset,
@@ -290,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 **t.answer_metrics,
                 "turns": t.num_turns,
                 "format_ok": t.format_ok,
+                "gold_retrieved": t.gold_retrieved,
+                "stratum": t.article or t.dataset,
             }
             for t in trajs
         ]
@@ -298,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     table = results_table(results)
     print(table)
     print(f"({sum(r.n for r in results)} episodes in {time.perf_counter() - t0:.1f} s)")
+    own = _run_final_records(run_config, args.adapter) if run_config and args.adapter else None
+    if own:
+        same, shared = same_answers(own, all_records)
+        print(
+            f"the run's own final evaluation ({run_config.parent}/eval): the same answer on "
+            f"{same} of {shared} shared questions"
+        )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -182,14 +182,33 @@ class EnvOptions(Options):
 
 
 @dataclass
-class EvalOptions(Options):
+class EvalSeedOptions(Options):
+    """Which questions an evaluation plays (:mod:`igpo_agent.run.subsets`)."""
+
+    eval_seed: int = opt(
+        0,
+        "eval",
+        "Seed of the evaluation subset (stratified by article): the same seed draws the "
+        "same questions in every evaluation and every run, whatever the training seed.",
+    )
+
+    def _check(self, e: list[str]) -> None:
+        if self.eval_seed < 0:
+            e.append(f"eval_seed={self.eval_seed}: use a non-negative seed")
+
+
+@dataclass
+class EvalOptions(EvalSeedOptions):
     """The greedy dev evaluation a training front door runs before and after training."""
 
     eval_qa: str = opt(
         "default:dev", "eval", "Evaluation questions: default:SPLIT or a JSONL path."
     )
     eval_questions: int = opt(
-        32, "eval", "Questions per evaluation, a fixed subset (0: skip evaluation)."
+        32,
+        "eval",
+        "Questions per evaluation: a fixed sample stratified by article (eval_seed); "
+        "0: skip evaluation.",
     )
     eval_batch_size: int = opt(
         16,
@@ -216,9 +235,15 @@ class GenerationOptions(Options):
     vllm_threads: int | None = opt(
         None, "generation", "torch threads inside vLLM calls (CPU); none = every CPU."
     )
+    max_context: int | None = opt(None, "generation", "Stop an episode past this many tokens.")
 
     def _check(self, e: list[str]) -> None:
         if self.max_new_tokens < 1:
             e.append(f"max_new_tokens={self.max_new_tokens}: use a value >= 1")
         if self.vllm_threads is not None and self.vllm_threads < 1:
             e.append(f"vllm_threads={self.vllm_threads}: use a positive count or none")
+        if self.max_context is not None and self.max_context <= self.max_new_tokens:
+            e.append(
+                f"max_context={self.max_context} must exceed max_new_tokens="
+                f"{self.max_new_tokens} (or be none for the model's limit)"
+            )

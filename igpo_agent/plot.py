@@ -40,9 +40,33 @@ class Panel:
 
 
 PANELS = (
-    Panel("reward", "Training reward", (lu.OUTCOME_F1, lu.REWARD_MEAN), "per rollout", True),
+    Panel(
+        "probe",
+        "Fixed probe: same questions and seeds (95% CI)",
+        (lu.PROBE_REWARD, lu.PROBE_F1, lu.PROBE_PASS_AT_1, lu.PROBE_PASS_AT_G),
+        "per rollout / question",
+    ),
+    Panel(
+        "reward",
+        "Training reward (new questions each step)",
+        (lu.OUTCOME_F1, lu.REWARD_MEAN),
+        "per rollout",
+        True,
+    ),
     Panel(
         "eval", "Greedy evaluation (95% CI)", (lu.EVAL_F1, lu.EVAL_EM, lu.EVAL_COVER_EM), "score"
+    ),
+    Panel(
+        "retrieval",
+        "Eval F1 by whether a document held the gold (95% CI)",
+        (lu.EVAL_F1_RETRIEVED, lu.EVAL_F1_NOT_RETRIEVED, lu.EVAL_GOLD_RETRIEVED),
+        "F1 / share",
+    ),
+    Panel(
+        "flips",
+        "Eval answers vs the first evaluation",
+        (lu.EVAL_CHANGED, lu.EVAL_BETTER, lu.EVAL_WORSE),
+        "questions",
     ),
     Panel(
         "format",
@@ -70,6 +94,9 @@ PANELS = (
 
 
 ERROR_BARS = {
+    lu.PROBE_REWARD: (lu.PROBE_REWARD_CI_LOW, lu.PROBE_REWARD_CI_HIGH),
+    lu.EVAL_F1_RETRIEVED: (lu.EVAL_F1_RETRIEVED_CI_LOW, lu.EVAL_F1_RETRIEVED_CI_HIGH),
+    lu.EVAL_F1_NOT_RETRIEVED: (lu.EVAL_F1_NOT_RETRIEVED_CI_LOW, lu.EVAL_F1_NOT_RETRIEVED_CI_HIGH),
     lu.EVAL_F1: (lu.EVAL_F1_CI_LOW, lu.EVAL_F1_CI_HIGH),
     lu.EVAL_FORMAT_ERROR_RATE: (lu.EVAL_FORMAT_CI_LOW, lu.EVAL_FORMAT_CI_HIGH),
 }

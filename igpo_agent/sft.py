@@ -61,6 +61,7 @@ from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.checkpoint import seed_everything
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
+from igpo_agent.run.summary import episode_record, retrieval_line
 
 SFT_NLL = "losses/sft_nll"
 """Token-mean negative log-likelihood of the agent's tokens in one optimiser step."""
@@ -197,13 +198,16 @@ def run_eval(
     t0 = time.perf_counter()
     if engine is not None:
         engine.sync_weights(policy)
-    trajs, res = greedy_eval(
+    trajs, res, subset = greedy_eval(
         policy,
         envs,
         args.eval_questions,
         protocol=args.protocol,
+        seed=args.eval_seed,
+        source=args.eval_qa,
         engine=engine,
         max_new_tokens=args.max_new_tokens,
+        max_context=args.max_context,
         progress=label,
     )
     secs = time.perf_counter() - t0
@@ -213,8 +217,9 @@ def run_eval(
                 rec = {**_demo_record(t), "prediction": t.answer_text, **t.answer_metrics}
                 rec["format_ok"] = t.format_ok and t.answered
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    print(f"\n[{label}] {res.n} questions from {args.eval_qa} ({secs:.0f} s)")
+    print(f"\n[{label}] {subset.description} ({secs:.0f} s)")
     print(results_table([res]))
+    print(f"[{label}] {retrieval_line([episode_record(t) for t in trajs])}")
     print(f"[{label}] F1 {100 * res.f1:.1f}  format errors {100 * res.format_error_rate:.1f}%\n")
     return eval_metrics(res)
 

@@ -22,7 +22,13 @@ from igpo_agent.algo.advantages import all_equal_group_share, nonzero_token_shar
 from igpo_agent.algo.rewards import mean_ig_per_turn
 from igpo_agent.algo.stats import mean_ci, wilson_ci
 from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
-from igpo_agent.evaluate import eval_metrics, greedy_eval, results_table
+from igpo_agent.evaluate import (
+    eval_metrics,
+    eval_subset,
+    greedy_eval,
+    results_table,
+    retrieval_metrics,
+)
 from igpo_agent.ig.scorer import make_belief_scorer
 from igpo_agent.learn.learner import (
     LossSettings,
@@ -46,7 +52,16 @@ from igpo_agent.run.checkpoint import (
 )
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.run.export import batch_records
-from igpo_agent.run.summary import episode_record, run_summary, write_eval_records
+from igpo_agent.run.probe import probe_metrics, probe_records, run_probe, write_probe_records
+from igpo_agent.run.summary import (
+    answer_flips,
+    episode_record,
+    flips_line,
+    read_eval_records,
+    retrieval_line,
+    run_summary,
+    write_eval_records,
+)
 
 
 class QuestionSampler:
@@ -121,17 +136,21 @@ def run_eval(
     step: int,
     engine: Engine | None = None,
 ) -> dict[str, float]:
-    """Greedy episodes on the fixed eval subset; prints the table with 95% intervals.
+    """Greedy episodes on the fixed eval subset (stratified by article, ``eval_seed``);
+    prints the table with 95% intervals, the retrieval split and, after the first
+    evaluation, how the answers moved since it.
 
     Returns the eval metrics and keeps one record per question (qid, f1, em, format_ok,
-    ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can be compared
-    question by question (:func:`igpo_agent.algo.stats.paired_diff_ci`).
+    gold_retrieved, ...) in ``RUN_DIR/eval/step-STEP.jsonl``, so that before and after can
+    be compared question by question (:func:`igpo_agent.algo.stats.paired_diff_ci`).
     """
-    trajs, res = greedy_eval(
+    trajs, res, subset = greedy_eval(
         policy,
         envs,
         cfg.eval_questions,
         protocol=cfg.protocol,
+        seed=cfg.eval_seed,
+        source=cfg.eval_qa,
         engine=engine,
         progress=label,
         max_new_tokens=cfg.max_new_tokens,
@@ -141,19 +160,72 @@ def run_eval(
     write_eval_records(cfg.run_dir, f"step-{step}", records)
     f1 = mean_ci([r["f1"] for r in records])
     fmt = wilson_ci(sum(not r["format_ok"] for r in records), len(records))
-    print(
-        f"\n[{label}] {res.n} eval questions from {cfg.eval_qa}\n{results_table([res])}\n"
-        f"F1 {f1.fmt()}, format errors {fmt.fmt()} (%, 95% intervals: bootstrap / Wilson)\n"
-    )
+    lines = [
+        f"\n[{label}] {subset.description}",
+        results_table([res]),
+        f"F1 {f1.fmt()}, format errors {fmt.fmt()} (%, 95% intervals: bootstrap / Wilson)",
+        retrieval_line(records),
+    ]
     metrics = {
         **eval_metrics(res),
+        **retrieval_metrics(records),
         K.EVAL_N: float(res.n),
         K.EVAL_F1_CI_LOW: f1.low,
         K.EVAL_F1_CI_HIGH: f1.high,
         K.EVAL_FORMAT_CI_LOW: fmt.low,
         K.EVAL_FORMAT_CI_HIGH: fmt.high,
     }
+    first = read_eval_records(cfg.run_dir, "step-0") if step > 0 else None
+    if first:
+        flips = answer_flips(first, records)
+        lines.append(f"since step 0: {flips_line(flips)}")
+        metrics.update(
+            {
+                K.EVAL_CHANGED: flips["changed"],
+                K.EVAL_BETTER: flips["better"],
+                K.EVAL_WORSE: flips["worse"],
+            }
+        )
+    print("\n".join(lines) + "\n")
     return metrics
+
+
+class FixedProbe:
+    """The fixed probe of a run (:mod:`igpo_agent.run.probe`): its question sample, drawn
+    once from the training QA set, and how to run and log it."""
+
+    def __init__(self, cfg: TrainConfig, envs: list) -> None:
+        self.cfg = cfg
+        self.envs = envs
+        self.subset = eval_subset(envs[0], cfg.probe_questions, cfg.probe_seed, cfg.train_qa)
+        self.settings = GenerationSettings(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_context=cfg.max_context,
+        )
+
+    def due(self, step: int) -> bool:
+        """Whether the probe runs after ``step`` (0: before training)."""
+        every = self.cfg.probe_every
+        return every > 0 and (step == 0 or step % every == 0 or step == self.cfg.steps)
+
+    def run(self, engine: Engine, step: int) -> dict[str, float]:
+        """Sample the probe, write its rollouts and return its ``probe/...`` metrics."""
+        trajs = run_probe(
+            engine,
+            self.envs,
+            self.subset.indices,
+            group_size=self.cfg.group_size,
+            settings=self.settings,
+            protocol=self.cfg.protocol,
+            seed=self.cfg.probe_seed,
+        )
+        records = probe_records(
+            trajs, self.subset.indices, self.cfg.group_size, self.cfg.format_penalty
+        )
+        write_probe_records(self.cfg.run_dir, step, records)
+        return probe_metrics(records, self.cfg.group_size)
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
@@ -280,11 +352,16 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     live_ig = cfg.algo == "igpo" and ig_method == "live"
     scorer = make_belief_scorer(ig_method, policy, engine) if cfg.algo == "igpo" else None
     last: dict[str, float] = {}
-    if cfg.eval_questions != 0 and start == 0:
+    probe = FixedProbe(cfg, envs) if cfg.probe_every and world.is_main else None
+    if start == 0 and (cfg.eval_questions != 0 or cfg.probe_every):  # the same on every rank
         if eval_envs:
             last = run_eval(policy, cfg, eval_envs, "before training", 0, engine)
+        if probe is not None:
+            print(f"[probe] {probe.subset.description}, G={cfg.group_size}")
+            last.update(probe.run(engine, 0))
+        if last:
             logger.log(0, {**last, K.ROLLOUTS_SEEN: 0})
-        D.barrier(world)  # the other ranks wait for rank 0's evaluation
+        D.barrier(world)  # the other ranks wait for rank 0's evaluation and probe
 
     for step in range(start + 1, cfg.steps + 1):
         t_step = time.perf_counter()
@@ -402,6 +479,10 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
                 if eval_envs:
                     metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", step, engine))
                 D.barrier(world)
+        if probe is not None and probe.due(step):
+            metrics.update(probe.run(engine, step))
+        if world.enabled and cfg.probe_every:
+            D.barrier(world)
         metrics[K.STEP_S] = time.perf_counter() - t_step
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.log(step, metrics)

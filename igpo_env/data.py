@@ -38,12 +38,24 @@ class Document:
 
 @dataclass(frozen=True)
 class QAExample:
-    """One question with its gold answer aliases (the first alias is the canonical one)."""
+    """One question with its gold answer aliases (the first alias is the canonical one).
+
+    ``article`` is the source document the question was written from, where the QA file
+    says (SQuAD's ``metadata.title``, or a row's ``article``/``title`` field), else "".
+    Questions of one article share their answers' context, so evaluation subsets are
+    stratified by it (:attr:`stratum`) rather than taken in file order.
+    """
 
     id: str
     question: str
     answers: tuple[str, ...]
     dataset: str = "unknown"
+    article: str = ""
+
+    @property
+    def stratum(self) -> str:
+        """The group an evaluation sample is stratified by: the article, else the dataset."""
+        return self.article or self.dataset
 
 
 def default_data_dir() -> Path:
@@ -157,9 +169,24 @@ def load_qa(qa: str | Path, dataset: str | None = None) -> list[QAExample]:
                 answers=tuple(str(a) for a in answers if str(a).strip()),
                 dataset=dataset
                 or str(row.get("dataset", stem if stem not in SPLITS else "default")),
+                article=_article(row),
             )
         )
     return out
+
+
+def _article(row: dict) -> str:
+    """The source article of a QA row: ``metadata.title`` (the shipped SQuAD splits), else a
+    top-level ``article`` or ``title`` field, else ""."""
+    meta = row.get("metadata")
+    for value in (
+        meta.get("title") if isinstance(meta, dict) else None,
+        row.get("article"),
+        row.get("title"),
+    ):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
 
 
 def corpus_fingerprint(docs: Iterable[Document]) -> str:

@@ -11,8 +11,8 @@ import gymnasium as gym
 from gymnasium.error import ResetNeeded
 
 from igpo_env.data import QAExample, load_qa, resolve_qa_path
-from igpo_env.metrics import METRICS, MODES, score_answer
-from igpo_env.protocol import Answer, Invalid, Protocol, Search, get_protocol
+from igpo_env.metrics import METRICS, MODES, cover_em, max_over_aliases, score_answer
+from igpo_env.protocol import Answer, Invalid, Protocol, Search, get_protocol, truncate_words
 from igpo_env.retrievers.base import Retriever, SearchError
 from igpo_env.retrievers.registry import RetrieverSpec, retriever_spec, retriever_specs
 from igpo_env.spaces import FreeText
@@ -102,7 +102,8 @@ class SearchQAEnv(gym.Env[str, str]):
 
     ## Info
 
-    ``reset``: ``answers`` (list[str]), ``qid``, ``dataset``, ``question``, ``index``
+    ``reset``: ``answers`` (list[str]), ``qid``, ``dataset``, ``article`` (the question's
+    source article where the QA file names one, else ""), ``question``, ``index``
     (position in the QA set, -1 for an ad hoc question), ``protocol`` (dict: ``name``,
     ``answer_prefix``, ``answer_suffix``, ``stop``, ``observation_prefix``,
     ``observation_suffix``).
@@ -112,7 +113,10 @@ class SearchQAEnv(gym.Env[str, str]):
     None), ``queries`` (list[str], as sent, after capping), ``query_truncated`` (bool),
     ``answer`` (str or None), ``think`` (str or None), ``error`` (reason for a malformed
     turn or None), ``doc_ids`` and ``scores`` (flat lists in rank order, query after
-    query), ``search_failed`` (bool), ``search_error`` (str or None). On an answer only:
+    query), ``search_failed`` (bool), ``search_error`` (str or None), ``gold_retrieved``
+    (bool: a document shown to the agent, title plus text cut to ``doc_max_words``, holds
+    a gold alias as whole tokens after answer normalisation; False on non-search turns).
+    On an answer only:
     ``metrics`` = ``{"em", "f1", "cover_em"}`` (absent otherwise, so that vector envs can
     batch it as a dict; there ``infos["_metrics"]`` marks the envs that answered).
 
@@ -295,6 +299,7 @@ class SearchQAEnv(gym.Env[str, str]):
             "answers": list(example.answers),
             "qid": example.id,
             "dataset": example.dataset,
+            "article": example.article,
             "question": example.question,
             "index": index,
             "protocol": self.protocol.info(),
@@ -361,6 +366,7 @@ class SearchQAEnv(gym.Env[str, str]):
             "scores": [],
             "search_failed": False,
             "search_error": None,
+            "gold_retrieved": False,
         }
 
     def _search(self, act: Search, info: dict[str, Any]) -> str:
@@ -385,7 +391,24 @@ class SearchQAEnv(gym.Env[str, str]):
         results = [list(hits)[: self.top_k] for hits in results]
         info["doc_ids"] = [h.doc_id for hits in results for h in hits]
         info["scores"] = [float(h.score) for hits in results for h in hits]
+        info["gold_retrieved"] = self._holds_gold([h for hits in results for h in hits])
         return self.protocol.observation(queries, results, self.doc_max_words)
+
+    def _holds_gold(self, hits: Sequence[Any]) -> bool:
+        """Whether a document as the agent reads it (title + text cut to ``doc_max_words``)
+        contains a gold alias (cover-EM under the env's normalisation): retrieval recall."""
+        assert self._example is not None
+        answers = self._example.answers
+        return any(
+            max_over_aliases(
+                cover_em,
+                f"{h.title} {truncate_words(h.text, self.doc_max_words)}",
+                answers,
+                self.normalization,
+            )
+            > 0
+            for h in hits
+        )
 
     def _score(self, act: Answer, info: dict[str, Any]) -> float:
         assert self._example is not None

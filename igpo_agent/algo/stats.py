@@ -9,6 +9,8 @@ reproducible.
 - :func:`paired_diff_ci`: percentile bootstrap of mean(b - a) over paired items (the same
   questions scored by two policies): far tighter than comparing two separate intervals.
 - :func:`wilson_ci`: the Wilson score interval of a rate (e.g. format errors k of n).
+- :func:`min_detectable_difference`: the smallest true mean difference a paired
+  comparison of this size and spread resolves with the given power (a power line).
 """
 
 from __future__ import annotations
@@ -107,6 +109,28 @@ def wilson_ci(k: int, n: int, *, level: float = 0.95) -> Interval:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def min_detectable_difference(
+    diffs: Sequence[float], *, level: float = 0.95, power: float = 0.8
+) -> float:
+    """The smallest true mean of paired differences that a two-sided test at ``level``
+    detects with probability ``power``, given the spread of the observed ``diffs``:
+
+    ``(z_{(1+level)/2} + z_{power}) * sd(diffs) / sqrt(n)`` (normal approximation; sample
+    sd with n - 1). With 95% and 80% that is ``2.80 * sd / sqrt(n)``. 0.0 when every
+    difference is equal (nothing varied, so no spread to estimate).
+    """
+    _check_level(level)
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError("min_detectable_difference needs at least two paired differences")
+    if np.all(d == d[0]):
+        return 0.0
+    z = _normal_quantile(0.5 + level / 2) + _normal_quantile(power)
+    return float(z * d.std(ddof=1) / math.sqrt(d.size))
 
 
 def _normal_quantile(q: float) -> float:

@@ -30,8 +30,10 @@ never recovered by scanning text:
   wrapper (``info["protocol"]["answer_prefix"/"answer_suffix"]``); one value per turn.
 - ``answered``: the episode terminated on a valid answer; ``outcome_f1``: that step's
   reward; ``answer_text`` / ``answer_metrics``: the env's ``info["answer"]`` and
-  ``info["metrics"]`` of that step; ``dataset``: ``info["dataset"]``; ``format_ok``: every turn was valid; ``truncated``: the env's turn limit hit, or
-  the context guard fired.
+  ``info["metrics"]`` of that step; ``dataset``: ``info["dataset"]``; ``article``:
+  ``info["article"]``; ``gold_retrieved``: some search turn's ``info["gold_retrieved"]``
+  (a document the agent read held a gold alias); ``format_ok``: every turn was valid;
+  ``truncated``: the env's turn limit hit, or the context guard fired.
 
 Context guard: an episode never holds more than ``max_context`` tokens. A turn's budget is
 ``min(max_new_tokens, max_context - len(tokens))``; an observation is appended only if at
@@ -150,6 +152,7 @@ def start_episode(
         group=group,
         qid=str(info.get("qid", "")),
         dataset=str(info.get("dataset", "")),
+        article=str(info.get("article") or ""),
     )
     ep = Episode(env, traj, _stop_strings(info, settings.stop), pending=list(prompt))
     if gold_fn is not None:
@@ -228,6 +231,7 @@ def record_turn(
     valid = bool(info.get("valid", action != "invalid"))
     traj.turn_kinds.append(action)
     traj.env_rewards.append(float(reward))
+    traj.gold_retrieved = traj.gold_retrieved or bool(info.get("gold_retrieved", False))
     traj.format_ok = traj.format_ok and valid
     if terminated or truncated:
         traj.answered = bool(terminated and action == "answer" and valid)

@@ -51,6 +51,8 @@ class Trajectory:
     group: int = 0  # index of the question within the batch
     qid: str = ""
     dataset: str = ""  # the env's info["dataset"]
+    article: str = ""  # the env's info["article"]: the question's source article, if known
+    gold_retrieved: bool = False  # a search turn's info["gold_retrieved"]: gold in a document
     answer_text: str = ""  # the agent's final answer as the env parsed it ("" if none)
     answer_metrics: dict[str, float] = field(default_factory=dict)  # env's em/f1/cover_em
     beliefs: list[float] = field(default_factory=list)  # v_t per boundary, scored live (or [])

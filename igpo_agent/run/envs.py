@@ -82,3 +82,13 @@ def question_count(env: gym.Env) -> int:
             "question count to sample questions (or pass explicit question/answers tasks)"
         )
     return len(examples)
+
+
+def question_strata(env: gym.Env) -> list[str]:
+    """The stratum of each question the env can be reset to (``options={"index": i}``): its
+    source article where the QA set names one (``example.article``), else its ``dataset``;
+    the groups an evaluation subset is stratified by (:mod:`igpo_agent.run.subsets`)."""
+    examples = getattr(env.unwrapped, "examples", None)
+    if examples is None:
+        question_count(env)  # raises the explanatory TypeError
+    return [str(getattr(ex, "article", "") or getattr(ex, "dataset", "") or "") for ex in examples]

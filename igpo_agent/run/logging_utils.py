@@ -63,6 +63,25 @@ EVAL_F1_CI_LOW = "eval/f1_ci_low"
 EVAL_F1_CI_HIGH = "eval/f1_ci_high"
 EVAL_FORMAT_CI_LOW = "eval/format_error_ci_low"
 EVAL_FORMAT_CI_HIGH = "eval/format_error_ci_high"
+EVAL_GOLD_RETRIEVED = "eval/gold_retrieved_rate"
+EVAL_F1_RETRIEVED = "eval/f1_retrieved"
+EVAL_F1_RETRIEVED_CI_LOW = "eval/f1_retrieved_ci_low"
+EVAL_F1_RETRIEVED_CI_HIGH = "eval/f1_retrieved_ci_high"
+EVAL_F1_NOT_RETRIEVED = "eval/f1_not_retrieved"
+EVAL_F1_NOT_RETRIEVED_CI_LOW = "eval/f1_not_retrieved_ci_low"
+EVAL_F1_NOT_RETRIEVED_CI_HIGH = "eval/f1_not_retrieved_ci_high"
+EVAL_CHANGED = "eval/answers_changed"
+EVAL_BETTER = "eval/answers_better"
+EVAL_WORSE = "eval/answers_worse"
+PROBE_REWARD = "probe/reward_mean"
+PROBE_REWARD_CI_LOW = "probe/reward_ci_low"
+PROBE_REWARD_CI_HIGH = "probe/reward_ci_high"
+PROBE_F1 = "probe/f1"
+PROBE_PASS_AT_1 = "probe/pass@1"
+PROBE_PASS_AT_G = "probe/pass@G"
+PROBE_FORMAT_ERROR_RATE = "probe/format_error_rate"
+PROBE_QUESTIONS = "probe/questions"
+PROBE_GROUP_SIZE = "probe/group_size"
 
 TIME_SPLIT_KEYS = (GENERATION_S, RETRIEVAL_S, INFO_GAIN_S, OLD_LOGPROBS_S, UPDATE_S)
 """The parts of one step's wall time (stacked in the plots; ``time/step_s`` is the total)."""
@@ -117,6 +136,25 @@ METRICS: dict[str, str] = {
     EVAL_F1_CI_HIGH: "upper end of the 95% bootstrap interval of evaluation F1",
     EVAL_FORMAT_CI_LOW: "lower end of the 95% Wilson interval of the eval format-error rate",
     EVAL_FORMAT_CI_HIGH: "upper end of the 95% Wilson interval of the eval format-error rate",
+    EVAL_GOLD_RETRIEVED: "evaluation share of questions where a retrieved document held a gold alias",
+    EVAL_F1_RETRIEVED: "evaluation F1 on the questions whose retrieved documents held the gold",
+    EVAL_F1_RETRIEVED_CI_LOW: "lower end of the 95% bootstrap interval of eval/f1_retrieved",
+    EVAL_F1_RETRIEVED_CI_HIGH: "upper end of the 95% bootstrap interval of eval/f1_retrieved",
+    EVAL_F1_NOT_RETRIEVED: "evaluation F1 on the questions where no retrieved document held it",
+    EVAL_F1_NOT_RETRIEVED_CI_LOW: "lower end of the 95% interval of eval/f1_not_retrieved",
+    EVAL_F1_NOT_RETRIEVED_CI_HIGH: "upper end of the 95% interval of eval/f1_not_retrieved",
+    EVAL_CHANGED: "evaluation answers that differ from the run's first evaluation (count)",
+    EVAL_BETTER: "evaluation questions whose F1 rose since the run's first evaluation (count)",
+    EVAL_WORSE: "evaluation questions whose F1 fell since the run's first evaluation (count)",
+    PROBE_REWARD: "fixed probe: mean outcome reward (format penalty included) of its rollouts",
+    PROBE_REWARD_CI_LOW: "lower end of the 95% bootstrap interval (over questions) of the probe",
+    PROBE_REWARD_CI_HIGH: "upper end of the 95% bootstrap interval (over questions) of the probe",
+    PROBE_F1: "fixed probe: mean answer F1 of its rollouts",
+    PROBE_PASS_AT_1: "fixed probe: share of rollouts with an exact-match answer",
+    PROBE_PASS_AT_G: "fixed probe: share of questions with an exact match in any of G rollouts",
+    PROBE_FORMAT_ERROR_RATE: "fixed probe: share of rollouts malformed or unanswered",
+    PROBE_QUESTIONS: "fixed probe: training questions it samples",
+    PROBE_GROUP_SIZE: "fixed probe: rollouts per question (G)",
 }
 
 POSTFIX_KEYS: dict[str, str] = {
@@ -124,6 +162,7 @@ POSTFIX_KEYS: dict[str, str] = {
     KL: "kl",
     TOKENS_PER_S: "tok/s",
     EVAL_F1: "eval_f1",
+    PROBE_REWARD: "probe",
 }
 """Metrics shown on the progress bar, with their short labels."""
 

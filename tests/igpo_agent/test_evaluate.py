@@ -9,7 +9,6 @@ import pytest
 from igpo_agent.evaluate import (
     DatasetResult,
     column_name,
-    eval_indices,
     main,
     ordered,
     results_table,
@@ -53,11 +52,6 @@ def test_table_has_f1_first_and_the_average():
     assert lines[2] == "| F1 | 60.0 | 20.0 | 40.0 |"
 
 
-def test_eval_indices_is_a_fixed_prefix():
-    assert eval_indices(5, 3) == [0, 1, 2] and eval_indices(5, 0) == [0, 1, 2, 3, 4]
-    assert eval_indices(5, 9) == [0, 1, 2, 3, 4]
-
-
 def test_cli_writes_tables_and_episodes(tiny_smol_model_path, tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus.jsonl", [("d1", "Paris", "Paris is in France.")])
     popqa = write_qa(tmp_path / "p.jsonl", [("p1", "Capital of France?", ["Paris"])])
@@ -77,3 +71,64 @@ def test_cli_writes_tables_and_episodes(tiny_smol_model_path, tmp_path, capsys):
     assert (out / "results.md").read_text().startswith("| metric | NQ | PopQA | Avg |")
     episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert sorted(e["qid"] for e in episodes) == ["n1", "n2", "p1"]
+
+
+def test_evaluate_follows_the_run_and_reproduces_its_final_eval(
+    tiny_smol_model_path, tmp_path, capsys
+):
+    from igpo_agent.config import TrainConfig
+    from igpo_agent.run.summary import read_eval_records
+    from igpo_agent.train import train
+
+    corpus = write_corpus(
+        tmp_path / "corpus.jsonl",
+        [("d1", "Paris", "Paris is the capital of France."), ("d2", "Nile", "A river.")],
+    )
+    qa = write_qa(
+        tmp_path / "qa.jsonl",
+        [("q1", "Capital of France?", ["Paris"]), ("q2", "Which river?", ["Nile"])],
+    )
+    common = dict(
+        model=str(tiny_smol_model_path),
+        corpus=corpus,
+        train_qa=qa,
+        eval_qa=qa,
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        lora_r=4,
+        lora_alpha=8,
+        lora_targets="q_proj,v_proj",
+        top_k=1,
+        doc_max_words=7,  # not the evaluator's defaults: they must come from the run
+        max_turns=2,
+        max_new_tokens=9,
+        group_size=2,
+        questions_per_step=1,
+        micro_batch_size=2,
+        lr=1e-2,
+        steps=1,
+        save_every=0,
+        probe_every=0,
+        tensorboard=False,
+    )
+    train(TrainConfig(run_dir=str(tmp_path / "warm"), eval_questions=0, **common))
+    run = tmp_path / "run"  # a warm start merged under a fresh adapter: final is stacked
+    train(
+        TrainConfig(
+            run_dir=str(run), init_adapter=str(tmp_path / "warm/final"), eval_questions=2, **common
+        )
+    )
+    capsys.readouterr()
+    out = tmp_path / "res"
+    assert main(["--adapter", str(run / "final"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "settings of the adapter's run" in printed
+    assert "max_turns=2, max_new_tokens=9" in printed and "doc_max_words=7" in printed
+    assert "the same answer on 2 of 2 shared questions" in printed
+    own = {r["qid"]: r["answer"] for r in read_eval_records(run, "step-1")}
+    episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert {e["qid"]: e["prediction"] for e in episodes} == own
+    # a flag still wins over the run's setting
+    assert main(["--adapter", str(run / "final"), "--max_turns", "1"]) == 0
+    assert "max_turns=1, max_new_tokens=9" in capsys.readouterr().out

@@ -249,3 +249,34 @@ def test_async_vector_env_with_spawned_workers(env_kwargs: dict) -> None:
         assert infos["doc_ids"][0][0] == "d-nile" and list(infos["action"]) == ["search", "answer"]
     finally:
         envs.close()
+
+
+def test_gold_retrieved_says_whether_a_shown_document_held_the_answer(env_kwargs: dict) -> None:
+    env = make(env_kwargs, top_k=1, doc_max_words=40)
+    env.reset(seed=0, options={"index": 1})  # gold "1969" / "July 1969"
+    _, _, _, _, info = env.step("<search>Apollo 11 Moon landing</search>")
+    assert info["doc_ids"] == ["d-apollo"] and info["gold_retrieved"] is True
+    _, _, _, _, info = env.step("<search>Hamlet play author</search>")
+    assert info["doc_ids"][0] != "d-apollo" and info["gold_retrieved"] is False
+    _, _, _, _, info = env.step("<answer>1969</answer>")
+    assert info["gold_retrieved"] is False  # only search turns retrieve
+    # the document as the agent reads it: cut before the year, the gold is not there
+    short = make(env_kwargs, top_k=1, doc_max_words=3)
+    short.reset(seed=0, options={"index": 1})
+    _, _, _, _, info = short.step("<search>Apollo 11 Moon landing</search>")
+    assert info["doc_ids"] == ["d-apollo"] and info["gold_retrieved"] is False
+
+
+def test_reset_info_names_the_article(tmp_path, corpus_path) -> None:
+    import json
+
+    qa = tmp_path / "qa.jsonl"
+    rows = [
+        {"id": "1", "question": "Q?", "golden_answers": ["a"], "metadata": {"title": "Art"}},
+        {"id": "2", "question": "R?", "golden_answers": ["b"], "dataset": "nq"},
+    ]
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = SearchQAEnv(qa=str(qa), corpus=str(corpus_path))
+    assert env.reset(options={"index": 0})[1]["article"] == "Art"
+    assert env.reset(options={"index": 1})[1]["article"] == ""
+    assert [e.stratum for e in env.examples] == ["Art", "nq"]

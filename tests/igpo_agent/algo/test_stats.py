@@ -44,3 +44,18 @@ def test_pairing_cancels_item_difficulty():
     assert unpaired_width > 0.1  # separate intervals would overlap and resolve nothing
     with pytest.raises(ValueError, match="paired"):
         paired_diff_ci([1.0], [1.0, 2.0])
+
+
+def test_min_detectable_difference_by_hand():
+    from igpo_agent.algo.stats import min_detectable_difference
+
+    # diffs [1, -1, 0, 0]: sample sd sqrt(2/3), n 4; z_0.975 + z_0.8 = 1.95996 + 0.84162
+    want = (1.959964 + 0.841621) * (2 / 3) ** 0.5 / 2
+    assert min_detectable_difference([1, -1, 0, 0]) == pytest.approx(want, rel=1e-5)
+    assert min_detectable_difference([0.2, 0.2, 0.2]) == 0.0
+    # four times the questions halve it
+    assert min_detectable_difference([1, -1, 0, 0] * 4) < want / 1.9
+    with pytest.raises(ValueError, match="two paired"):
+        min_detectable_difference([1.0])
+    with pytest.raises(ValueError, match="power"):
+        min_detectable_difference([1, 0], power=1.0)

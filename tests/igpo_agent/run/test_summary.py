@@ -8,8 +8,13 @@ import pytest
 
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.summary import (
+    answer_flips,
     eval_comparison,
+    flips_line,
+    mde_line,
     read_eval_records,
+    retrieval_line,
+    retrieval_split,
     run_summary,
     training_windows,
     write_eval_records,
@@ -64,3 +69,45 @@ def test_run_summary_prints_and_writes_json(tmp_path):
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["eval"]["f1_diff"]["value"] == pytest.approx(0.5)
     assert run_summary(tmp_path / "nothing", 2) == ""
+
+
+def _ans(qid: str, f1: float, answer: str, retrieved: bool = False) -> dict:
+    return {**_rec(qid, f1), "answer": answer, "gold_retrieved": retrieved}
+
+
+def test_retrieval_split_by_hand():
+    recs = [_ans("a", 1.0, "x", True), _ans("b", 0.5, "y", True), _ans("c", 0.0, "z")]
+    s = retrieval_split(recs)
+    assert s["recall"].value == pytest.approx(2 / 3) and s["recall"].n == 3
+    assert s["f1_retrieved"].value == pytest.approx(0.75) and s["f1_retrieved"].n == 2
+    assert s["f1_not_retrieved"].value == 0.0 and s["f1_not_retrieved"].n == 1
+    assert retrieval_split([_ans("a", 1.0, "x")])["f1_retrieved"] is None
+    assert "where it was (n=2) 75.0" in retrieval_line(recs)
+    with pytest.raises(ValueError, match="at least one"):
+        retrieval_split([])
+
+
+def test_answer_flips_by_hand():
+    before = [_ans("a", 0.0, "x"), _ans("b", 1.0, "y"), _ans("c", 0.5, "z"), _ans("d", 0, "w")]
+    after = [_ans("a", 1.0, "X"), _ans("b", 0.0, "n"), _ans("c", 0.5, "z2"), _ans("d", 0, "w")]
+    f = answer_flips(before, after)
+    # a better, b worse, c changed at equal F1, d unchanged
+    assert (f["n"], f["changed"], f["better"], f["worse"]) == (4, 3, 1, 1)
+    assert f["f1_diff"].value == pytest.approx(0.0)
+    # diffs [1, -1, 0, 0]: sd = sqrt(2/3); (1.96 + 0.8416) * sd / 2
+    assert f["mde"] == pytest.approx(2.8016 * (2 / 3) ** 0.5 / 2, rel=1e-3)
+    assert flips_line(f).startswith("answers changed on 3 of 4 questions")
+    assert "+-" in mde_line(f)
+    same = answer_flips(before, before)
+    assert same["changed"] == 0 and same["mde"] == 0.0 and "no per-question" in mde_line(same)
+
+
+def test_run_summary_adds_flips_power_and_retrieval(tmp_path):
+    write_eval_records(tmp_path, "step-0", [_ans("a", 0.0, "x", True), _ans("b", 1.0, "y")])
+    write_eval_records(tmp_path, "step-1", [_ans("a", 1.0, "z", True), _ans("b", 1.0, "y")])
+    text = run_summary(tmp_path, 1)
+    assert "answers changed on 1 of 2 questions" in text and "better 1, worse 0" in text
+    assert "smallest F1 difference these 2 paired questions resolve" in text
+    assert "before: gold in a retrieved document 50.0" in text
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["flips"]["better"] == 1 and data["retrieval"]["after"]["recall"]["value"] == 0.5
