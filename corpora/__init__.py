@@ -3,7 +3,7 @@
 Not installed: the wheel holds ``igpo_env`` and ``igpo_agent`` only, and the data the env
 reads at run time (``igpo_env/corpora/default/``) is package data of ``igpo_env``. These
 modules write that data (``build`` + ``sources``, ``embed``) or fetch and check bigger sets
-in the same formats (``wiki18``); they may import ``igpo_env``, never the other way round.
+in the same formats (``wiki18``, ``flashrag``); they may import ``igpo_env``, never the other way round.
 Run them from the repository root (``python -m corpora.build``) or as scripts
 (``python corpora/build.py``); see ``corpora/README.md``.
 """

@@ -16,8 +16,9 @@ when its output is already there:
    ``--encoder-dir`` the vectors have the encoder's hidden size. Counting the rows caches
    their offsets under ``$IGPO_CACHE/corpus-offsets/``, which the backend then reuses.
 
-The encoder is a plain model folder (``huggingface-cli download intfloat/e5-base-v2
---local-dir /models/e5-base-v2``). How to use the result: ``docs/RETRIEVAL.md``.
+The encoder is a plain model folder (``hf download intfloat/e5-base-v2 --local-dir
+/models/e5-base-v2``; ``huggingface-cli download`` before huggingface_hub 1.0). How to use
+the result: ``docs/RETRIEVAL.md``.
 """
 
 from __future__ import annotations
