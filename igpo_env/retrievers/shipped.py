@@ -1,16 +1,17 @@
 """Shipped MiniLM embeddings of the default corpus, used instead of encoding it.
 
 ``igpo_env/corpora/default/minilm_embeddings.npy`` holds one float16 row per document of
-``igpo_env/corpora/default/corpus.jsonl.gz`` (in file order), written by ``python -m igpo_env.corpora.embed``
-with float32 encoding; ``minilm_embeddings.json`` says how they were made. They are used
-only when everything that decides the vectors matches: the documents (content fingerprint and
-count), the encoder (hash of its model files), ``max_length``, pooling and the text template,
-and the array file itself (sha256, shape). Anything else returns the reason instead, and the
-caller encodes.
+``igpo_env/corpora/default/corpus.jsonl.gz`` (in file order), written with float32 encoding
+by ``python -m corpora.embed`` (a checkout tool, not installed); ``minilm_embeddings.json``
+says how they were made. They are used only when everything that decides the vectors
+matches: the documents (content fingerprint and count), the encoder (hash of its model
+files), ``max_length``, pooling and the text template, and the array file itself (sha256,
+shape). Anything else returns the reason instead, and the caller encodes.
 
 Storing float16 changes each component by at most ~1.2e-4 (unit vectors, components below
 0.25); :data:`MIN_COSINE` and :data:`MAX_ABS_DIFF` bound a fresh float32 encode against the
-stored rows (``tests/igpo_env/retrievers/test_shipped.py`` and ``igpo_env.corpora.embed --check``).
+stored rows (``tests/igpo_env/retrievers/test_shipped.py`` and ``python -m corpora.embed
+--check``).
 """
 
 from __future__ import annotations

@@ -27,13 +27,23 @@ def test_front_doors_stay_at_the_top():
     assert {"algo", "ig", "rollout", "model", "run", "learn", "integrations"} <= subpackages
 
 
+def test_top_level_is_the_designs():
+    """The repository's top level as the design lays it out (corpora/ beside the packages)."""
+    root = PKG.parent
+    for name in ("igpo_env", "igpo_agent", "corpora", "benchmarks", "tests"):
+        assert (root / name).is_dir(), name
+    for name in ("pyproject.toml", "README.md", "corpora/README.md"):
+        assert (root / name).is_file(), name
+
+
 def test_readme_map_names_every_module():
-    """README's "Map of the code" stays true: each module of both packages is named there."""
+    """README's "Map of the code" stays true: each module of both packages and of the
+    corpora/ builders is named there."""
     readme = (PKG.parent / "README.md").read_text()
     start = readme.index("## Map of the code")
     text = readme[start : readme.index("\n## ", start + 1)]
     missing = []
-    for pkg in (PKG, PKG.parent / "igpo_env"):
+    for pkg in (PKG, PKG.parent / "igpo_env", PKG.parent / "corpora"):
         for p in pkg.rglob("*.py"):
             if p.name == "__init__.py" or "__pycache__" in p.parts:
                 continue

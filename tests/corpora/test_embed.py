@@ -1,4 +1,4 @@
-"""The embeddings builder (python -m igpo_env.corpora.embed) on a small real corpus folder."""
+"""The embeddings builder (python -m corpora.embed) on a small real corpus folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from igpo_env.corpora import embed as ce
+from corpora import embed as ce
 from igpo_env.data import default_data_dir, load_corpus
 from igpo_env.retrievers.encoder import default_model_dir, shared_encoder
 from igpo_env.retrievers.shipped import (
@@ -80,7 +80,7 @@ def test_front_door_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "no corpus.jsonl.gz" in capsys.readouterr().err
     (tmp_path / ce.CORPUS_FILE).write_bytes(b"")
     assert ce.main(["--out", str(tmp_path), "--check"]) == 2
-    assert "run python -m igpo_env.corpora.embed" in capsys.readouterr().err
+    assert "run python -m corpora.embed" in capsys.readouterr().err
 
 
 def test_sample_rows_are_seeded_distinct_and_clipped() -> None:
