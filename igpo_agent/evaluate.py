@@ -39,13 +39,9 @@ from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_strata
+from igpo_agent.run.handover import run_final_records, run_settings, same_answers
 from igpo_agent.run.subsets import describe, stratified_indices
-from igpo_agent.run.summary import (
-    episode_record,
-    read_eval_records,
-    retrieval_line,
-    retrieval_split,
-)
+from igpo_agent.run.summary import episode_record, retrieval_line
 
 # The paper's column order (ALGORITHM "Reference results"), with the names users give files.
 PAPER_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -228,29 +224,6 @@ def greedy_eval(
     return trajs, summarize(trajs, trajs[0].dataset or "eval"), subset
 
 
-def retrieval_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The logged retrieval split of an evaluation's records (:func:`retrieval_split`)."""
-    split = retrieval_split(records)
-    out = {K.EVAL_GOLD_RETRIEVED: split["recall"].value}
-    for iv, keys in (
-        (
-            split["f1_retrieved"],
-            (K.EVAL_F1_RETRIEVED, K.EVAL_F1_RETRIEVED_CI_LOW, K.EVAL_F1_RETRIEVED_CI_HIGH),
-        ),
-        (
-            split["f1_not_retrieved"],
-            (
-                K.EVAL_F1_NOT_RETRIEVED,
-                K.EVAL_F1_NOT_RETRIEVED_CI_LOW,
-                K.EVAL_F1_NOT_RETRIEVED_CI_HIGH,
-            ),
-        ),
-    ):
-        if iv is not None:
-            out.update(dict(zip(keys, (iv.value, iv.low, iv.high), strict=True)))
-    return out
-
-
 def eval_metrics(res: DatasetResult) -> dict[str, float]:
     """The logged eval metrics every front door reports for a summary."""
     return {
@@ -296,58 +269,6 @@ class EvalConfig(GenerationOptions, EnvOptions, EvalSeedOptions, ModelOptions):
             e.append("qa is empty: give at least one QA set, e.g. default:dev")
 
 
-RUN_CONFIG = "config.yaml"
-HANDED_OVER = (
-    "model",
-    "dtype",
-    "env_id",
-    "corpus",
-    "retriever",
-    "top_k",
-    "doc_max_words",
-    "max_turns",
-    "protocol",
-    "format_penalty",
-    "on_invalid",
-    "max_new_tokens",
-    "max_context",
-    "engine",
-    "vllm_dtype",
-    "eval_seed",
-    "eval_batch_size",
-)
-"""The settings an adapter's run hands to its evaluation: model and precision, the env, how
-turns are generated (at temperature 0), and which questions (with ``eval_qa`` -> ``qa``,
-``eval_questions`` -> ``questions``) in batches of the same size."""
-
-
-def find_run_config(adapter: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run that saved ``adapter`` (``RUN/final`` -> ``RUN``; an
-    adapter folder holding its own ``config.yaml`` counts too), or None."""
-    folder = Path(adapter)
-    for d in (folder, folder.parent):
-        if (d / RUN_CONFIG).is_file():
-            return d / RUN_CONFIG
-    return None
-
-
-def run_settings(adapter: str | Path | None) -> tuple[dict[str, Any], Path | None]:
-    """EvalConfig values from the adapter's run config (:data:`HANDED_OVER`) and its path;
-    ({}, None) when there is no run config."""
-    path = find_run_config(adapter) if adapter else None
-    if path is None:
-        return {}, None
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a mapping of field: value")
-    out = {k: data[k] for k in HANDED_OVER if k in data}
-    if data.get("eval_qa"):
-        out["qa"] = [str(data["eval_qa"])]
-    if data.get("eval_questions"):
-        out["questions"] = int(data["eval_questions"])
-    return out, path
-
-
 def parse_config(argv: list[str] | None = None) -> EvalConfig:
     """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`),
     on top of the settings of the ``--adapter``'s run (:func:`run_settings`)."""
@@ -373,28 +294,6 @@ def settings_line(args: EvalConfig) -> str:
     names = ("max_turns", "max_new_tokens", "max_context", "top_k", "doc_max_words")
     names += ("protocol", "retriever", "corpus", "engine", "dtype", "eval_seed")
     return ", ".join(f"{k}={getattr(args, k)}" for k in names) + ", temperature=0 (greedy)"
-
-
-def same_answers(run_records: Sequence[dict], records: Sequence[dict]) -> tuple[int, int]:
-    """(same answers, shared questions) of two evaluations' records, matched by qid."""
-    by_qid = {r["qid"]: r for r in run_records}
-    shared = [r for r in records if r["qid"] in by_qid]
-    same = sum(
-        by_qid[r["qid"]]["answer"] == r["answer"]
-        and by_qid[r["qid"]]["format_ok"] == r["format_ok"]
-        for r in shared
-    )
-    return same, len(shared)
-
-
-def _run_final_records(run_config: Path, adapter: str) -> list[dict[str, Any]] | None:
-    """The run's own final evaluation records when ``adapter`` is that run's ``final``."""
-    if Path(adapter).resolve() != (run_config.parent / "final").resolve():
-        return None
-    steps = (yaml.safe_load(run_config.read_text()) or {}).get("steps")
-    if not isinstance(steps, int):
-        return None
-    return read_eval_records(run_config.parent, f"step-{steps}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     table = results_table(results)
     print(table)
     print(f"({sum(r.n for r in results)} episodes in {time.perf_counter() - t0:.1f} s)")
-    own = _run_final_records(run_config, args.adapter) if run_config and args.adapter else None
+    own = run_final_records(run_config, args.adapter) if run_config and args.adapter else None
     if own:
         same, shared = same_answers(own, all_records)
         print(

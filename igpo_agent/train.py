@@ -27,7 +27,6 @@ from igpo_agent.evaluate import (
     eval_subset,
     greedy_eval,
     results_table,
-    retrieval_metrics,
 )
 from igpo_agent.ig.scorer import make_belief_scorer
 from igpo_agent.learn.learner import (
@@ -59,6 +58,7 @@ from igpo_agent.run.summary import (
     flips_line,
     read_eval_records,
     retrieval_line,
+    retrieval_metrics,
     run_summary,
     write_eval_records,
 )

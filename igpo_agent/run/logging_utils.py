@@ -1,3 +1,4 @@
+# Over 400 lines: every metric key is defined here once, with its description (METRICS).
 """Metrics logging: one JSON line per record, TensorBoard scalars, a progress bar, rollout dumps.
 
 Metric names are stable, CleanRL style (``charts/...``, ``losses/...``, ``perf/...``,

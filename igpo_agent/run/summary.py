@@ -71,6 +71,29 @@ def retrieval_split(records: Sequence[dict]) -> dict[str, Any]:
     }
 
 
+def retrieval_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The logged retrieval split of an evaluation's records (:func:`retrieval_split`)."""
+    split = retrieval_split(records)
+    out = {K.EVAL_GOLD_RETRIEVED: split["recall"].value}
+    for iv, keys in (
+        (
+            split["f1_retrieved"],
+            (K.EVAL_F1_RETRIEVED, K.EVAL_F1_RETRIEVED_CI_LOW, K.EVAL_F1_RETRIEVED_CI_HIGH),
+        ),
+        (
+            split["f1_not_retrieved"],
+            (
+                K.EVAL_F1_NOT_RETRIEVED,
+                K.EVAL_F1_NOT_RETRIEVED_CI_LOW,
+                K.EVAL_F1_NOT_RETRIEVED_CI_HIGH,
+            ),
+        ),
+    ):
+        if iv is not None:
+            out.update(dict(zip(keys, (iv.value, iv.low, iv.high), strict=True)))
+    return out
+
+
 def retrieval_line(records: Sequence[dict]) -> str:
     """The retrieval split in one printed line."""
     s = retrieval_split(records)

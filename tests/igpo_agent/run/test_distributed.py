@@ -131,7 +131,12 @@ def test_two_ranks_match_each_other_and_one_process(
 
     rows = [json.loads(x) for x in (dist_run / "metrics.jsonl").read_text().splitlines()]
     single = [json.loads(x) for x in (single_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [r["step"] for r in single] == [0, 1, 2]
+    # rank 0 alone runs the fixed probe (tiny_test: every step) while rank 1 waits
+    assert all("probe/reward_mean" in r for r in rows)
+    for a, b in zip(rows, single, strict=True):
+        assert a["probe/reward_mean"] == pytest.approx(b["probe/reward_mean"], abs=1e-6)
+    rows, single = rows[1:], single[1:]  # step 0 holds the probe only
     assert [r["charts/rollouts_seen"] for r in rows] == [4, 8]  # the global batch
     assert all(isinstance(r["charts/rollouts_seen"], int) for r in rows)
     for key in ("charts/turns_per_episode", "charts/reward_mean", "losses/policy"):
@@ -161,7 +166,7 @@ def test_two_rank_resume_is_exact(
     a = (straight / "rollouts" / "step-2.jsonl").read_text()
     assert a == (split / "rollouts" / "step-2.jsonl").read_text()  # the same samples
     rows = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the probe, kept across the resume
 
 
 def test_questions_must_split_evenly() -> None:
