@@ -363,6 +363,7 @@ def rollout_record(
         "format_ok": traj.format_ok,
         "truncated": traj.truncated,
         "context_truncated": traj.context_truncated,
+        "search_failures": getattr(traj, "search_failures", 0),
         "num_tokens": len(traj.token_ids),
         "turns": turns,
         **extra,
