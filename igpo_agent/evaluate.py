@@ -23,12 +23,13 @@ from typing import Any, ClassVar
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent.cli import parse_options
-from igpo_agent.options import EnvOptions, GenerationOptions, ModelOptions, opt
+from igpo_agent.options import EnvOptions, GenerationOptions, ModelOptions, SearchHealthOptions, opt
 from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
 from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
+from igpo_agent.run import search_health as SH
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 
 # The paper's column order (ALGORITHM "Reference results"), with the names users give files.
@@ -208,7 +209,7 @@ def eval_metrics(res: DatasetResult) -> dict[str, float]:
 
 
 @dataclass
-class EvalConfig(GenerationOptions, EnvOptions, ModelOptions):
+class EvalConfig(SearchHealthOptions, GenerationOptions, EnvOptions, ModelOptions):
     """The evaluator's options: the shared model, env and generation groups
     (:mod:`igpo_agent.options`, the trainer's too) plus which adapter and QA sets."""
 
@@ -248,6 +249,7 @@ def parse_config(argv: list[str] | None = None) -> EvalConfig:
     )
 
 
+@SH.exit_on_outage  # a search backend outage: a clear message and exit status 3
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
     args = parse_config(argv)
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(args.engine, policy, dtype=args.vllm_dtype, threads=args.vllm_threads)
     results: list[DatasetResult] = []
     episodes: list[dict[str, Any]] = []
+    failures: dict[str, SH.SearchFailures] = {}  # per dataset, shown next to its scores
     t0 = time.perf_counter()
     for spec in args.qa:
         name, sep, path = spec.partition("=")
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
         kw = env_kwargs_from(args, path)
         envs = make_envs(args.env_id, args.eval_batch_size, args.max_turns, **kw)
+        SH.preflight(envs[0], args.retriever, before="evaluation")
         idx = eval_indices(question_count(envs[0]), args.questions)
         trajs = evaluate_policy(
             policy,
@@ -279,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=name or spec,
         )
         dataset = name or (trajs[0].dataset if trajs else spec)
+        failures[dataset] = SH.check_eval(
+            trajs, args.max_search_failure_rate, dataset, args.retriever
+        )
         results.append(summarize(trajs, dataset))
         episodes += [
             {
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 **t.answer_metrics,
                 "turns": t.num_turns,
                 "format_ok": t.format_ok,
+                "search_failures": t.search_failures,
             }
             for t in trajs
         ]
@@ -297,17 +305,23 @@ def main(argv: list[str] | None = None) -> int:
             env.close()
     table = results_table(results)
     print(table)
+    notes = SH.failure_notes(failures, args.max_search_failure_rate)  # "" when none failed
+    print(notes, end="")
     print(f"({sum(r.n for r in results)} episodes in {time.perf_counter() - t0:.1f} s)")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(
             json.dumps(
-                [r.__dict__ | {"column": column_name(r.name)} for r in ordered(results)], indent=2
+                [
+                    r.__dict__ | {"column": column_name(r.name)} | failures[r.name].result_fields()
+                    for r in ordered(results)
+                ],
+                indent=2,
             )
             + "\n"
         )
-        (out / "results.md").write_text(results_table(results, markdown=True) + "\n")
+        (out / "results.md").write_text(results_table(results, markdown=True) + "\n" + notes)
         with open(out / "episodes.jsonl", "w", encoding="utf-8") as fh:
             for e in episodes:
                 fh.write(json.dumps(e, ensure_ascii=False) + "\n")

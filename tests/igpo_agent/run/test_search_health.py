@@ -5,14 +5,15 @@ warm-started to search on every first turn (a random one never does), served by 
 ``/retrieve`` server (:class:`igpo_env.serve.RetrievalServer`) over a BM25 index whose
 backend can be told to fail some calls or to die for good:
 
-- a backend down at the start: the trainer (the issue's command, as a subprocess) stops
-  before anything is trained, naming the retriever and the fix;
+- a backend down at the start: the trainer (the issue's command, as a subprocess) and the
+  evaluator stop before anything is trained or scored, naming the retriever and the fix;
 - a backend killed after step 1: the run stops at step 2 with a checkpoint of step 1 and
   exit status 3; after a restart ``--resume`` finishes it, bit for bit as if no outage had
   happened;
 - a backend failing one search, under the threshold: the run goes on, the failure is in
   metrics.jsonl and the rollout dumps, and that rollout gets no advantage;
-- the trainer's final evaluation is refused after the trained policy is saved.
+- the evaluator refuses to score past the threshold and reports failures below it; the
+  trainer's final evaluation is refused after the trained policy is saved.
 
 The HTTP client gets no retries and a short backoff (``IGPO_HTTP_*``), so one failed
 request is one failed search and the tests stay fast.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 import igpo_env  # noqa: F401  (registers the ids)
+from igpo_agent import evaluate
 from igpo_agent.config import TrainConfig
 from igpo_agent.model.policy import Policy
 from igpo_agent.model.prompts import policy_prompt_fn
@@ -120,6 +123,7 @@ def test_the_threshold_is_validated() -> None:
     with pytest.raises(ValueError, match=r"max_search_failure_rate=1.5: use a share in \[0, 1\]"):
         TrainConfig(max_search_failure_rate=1.5)
     assert TrainConfig().max_search_failure_rate == 0.25
+    assert evaluate.EvalConfig(max_search_failure_rate=0.0).max_search_failure_rate == 0.0
 
 
 def test_what_to_do_names_the_server_or_the_settings() -> None:
@@ -349,6 +353,56 @@ def test_failures_under_the_threshold_are_logged_and_not_trained_on(
     (bad,) = [r for r in exported if r["search_failures"]]
     assert not any(bad["advantages"])
     assert (run / "final").is_dir()
+
+
+# --- the evaluator ------------------------------------------------------------------------------
+
+
+def eval_argv(model: str, data: dict, url: str, out: Path, **over) -> list[str]:
+    opts = dict(
+        model=model,
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        qa=data["qa"],
+        questions=3,
+        retriever=url,
+        top_k=2,
+        doc_max_words=24,
+        max_turns=2,
+        max_new_tokens=24,
+        eval_batch_size=3,
+        out=str(out),
+    )
+    opts.update(over)
+    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+
+
+def test_evaluator_refuses_or_reports_failed_searches(
+    searcher: str, data: dict, serve, tmp_path: Path, capsys
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert evaluate.main(eval_argv(searcher, data, dead, tmp_path / "a")) == SH.EXIT_CODE
+    err = capsys.readouterr().err
+    assert "so evaluation did not start" in err and "python -m igpo_env.serve" in err
+    assert not (tmp_path / "a").exists()
+
+    url, backend = serve(kill_when=lambda: backend.calls > 0)  # up for the preflight only
+    assert evaluate.main(eval_argv(searcher, data, url, tmp_path / "b")) == SH.EXIT_CODE
+    err = capsys.readouterr().err
+    assert re.search(r"evaluation \[qa\] refused: (\d+) of \1 searches failed \(100.0%\)", err)
+    assert not (tmp_path / "b").exists()  # no score written
+
+    url, _ = serve(fail_calls={1})
+    out = tmp_path / "c"
+    over = dict(max_search_failure_rate=0.5)
+    assert evaluate.main(eval_argv(searcher, data, url, out, **over)) == 0
+    assert "WARNING [qa]: 1 of " in capsys.readouterr().out
+    (result,) = json.loads((out / "results.json").read_text())
+    assert result["search_failures"] == 1 and result["searches_attempted"] >= 3
+    assert "WARNING [qa]" in (out / "results.md").read_text()
+    episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(e["search_failures"] for e in episodes) == [0, 0, 1]
 
 
 def test_trainer_final_evaluation_is_refused_after_saving_the_policy(
