@@ -16,7 +16,6 @@ model (:mod:`igpo_agent.model.policy`, :mod:`igpo_agent.ig`). ALGORITHM "Turn re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,13 @@ from typing import Any
 
 import torch
 
-from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
+from igpo_agent.algo.advantages import (
+    TurnAdvantages,
+    exclusion_groups,
+    group_advantages,
+    token_advantages,
+    zero_rows,
+)
 from igpo_agent.algo.loss import loss_normalizer, policy_loss
 from igpo_agent.algo.rewards import outcome_rewards
 from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
@@ -138,9 +143,7 @@ def compute_advantages(
     flags = [False] * len(trajs) if exclude is None else [bool(x) for x in exclude]
     if len(flags) != len(trajs):
         raise ValueError(f"exclude has {len(flags)} entries for {len(trajs)} trajectories")
-    groups = None
-    if any(flags):  # each excluded rollout becomes a group of its own, zeroed below
-        groups = [("out", i) if f else i // group_size for i, f in enumerate(flags)]
+    groups = exclusion_groups(flags, group_size=group_size) if any(flags) else None
     adv = group_advantages(
         values,
         num_turns,
@@ -155,10 +158,7 @@ def compute_advantages(
         ig_weight=ig_weight,
         ig_exclude_zero=ig_exclude_zero,
     )
-    if groups:
-        keep = torch.tensor([not f for f in flags], dtype=adv.returns.dtype)[:, None]
-        adv = dataclasses.replace(adv, returns=adv.returns * keep, normalized=adv.normalized * keep)
-    return adv, outcome
+    return (zero_rows(adv, flags) if groups else adv), outcome
 
 
 def turn_token_counts(trajs: Sequence[Trajectory], t_max: int) -> torch.Tensor:
