@@ -36,12 +36,15 @@ from igpo_agent.options import (
     GenerationOptions,
     LoraOptions,
     ModelOptions,
+    SearchHealthOptions,
     opt,
 )
 
 
 @dataclass
-class TrainConfig(GenerationOptions, EnvOptions, EvalOptions, LoraOptions, ModelOptions):
+class TrainConfig(
+    SearchHealthOptions, GenerationOptions, EnvOptions, EvalOptions, LoraOptions, ModelOptions
+):
     """Every knob of one IGPO / GRPO training run (see docs/ALGORITHM.md for the algorithm).
 
     The model, LoRA, env, evaluation and generation fields come from the shared groups in

@@ -31,6 +31,7 @@ from igpo_agent.options import (
     EvalSeedOptions,
     GenerationOptions,
     ModelOptions,
+    SearchHealthOptions,
     opt,
 )
 from igpo_agent.rollout.engines import Engine, HFEngine, make_engine
@@ -38,8 +39,9 @@ from igpo_agent.rollout.episodes import RolloutStats
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
+from igpo_agent.run import search_health as SH
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_strata
-from igpo_agent.run.handover import run_final_records, run_settings, same_answers
+from igpo_agent.run.handover import run_final_records, run_settings, same_answers, settings_line
 from igpo_agent.run.subsets import describe, stratified_indices
 from igpo_agent.run.summary import episode_record, retrieval_line
 
@@ -235,7 +237,7 @@ def eval_metrics(res: DatasetResult) -> dict[str, float]:
 
 
 @dataclass
-class EvalConfig(GenerationOptions, EnvOptions, EvalSeedOptions, ModelOptions):
+class EvalConfig(SearchHealthOptions, GenerationOptions, EnvOptions, EvalSeedOptions, ModelOptions):
     """The evaluator's options: the shared model, env and generation groups
     (:mod:`igpo_agent.options`, the trainer's too) plus which adapter and QA sets."""
 
@@ -289,13 +291,7 @@ def parse_config(argv: list[str] | None = None) -> EvalConfig:
     )
 
 
-def settings_line(args: EvalConfig) -> str:
-    """The episode and generation settings an evaluation runs with, in one line."""
-    names = ("max_turns", "max_new_tokens", "max_context", "top_k", "doc_max_words")
-    names += ("protocol", "retriever", "corpus", "engine", "dtype", "eval_seed")
-    return ", ".join(f"{k}={getattr(args, k)}" for k in names) + ", temperature=0 (greedy)"
-
-
+@SH.exit_on_outage  # a search backend outage: a clear message and exit status 3
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
     args = parse_config(argv)
@@ -319,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[DatasetResult] = []
     episodes: list[dict[str, Any]] = []
     all_records: list[dict[str, Any]] = []
+    failures: dict[str, SH.SearchFailures] = {}  # per dataset, shown next to its scores
     t0 = time.perf_counter()
     for spec in args.qa:
         name, sep, path = spec.partition("=")
@@ -326,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             name, path = ("" if spec.startswith("default") else Path(spec).name.split(".")[0]), spec
         kw = env_kwargs_from(args, path)
         envs = make_envs(args.env_id, args.eval_batch_size, args.max_turns, **kw)
+        SH.preflight(envs[0], args.retriever, before="evaluation")
         subset = eval_subset(envs[0], args.questions, args.eval_seed, spec)
         print(subset.description)
         trajs = evaluate_policy(
@@ -338,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=name or spec,
         )
         dataset = name or (trajs[0].dataset if trajs else spec)
+        failures[dataset] = SH.check_eval(
+            trajs, args.max_search_failure_rate, dataset, args.retriever
+        )
         results.append(summarize(trajs, dataset))
         records = [episode_record(t) for t in trajs]
         all_records += records
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 "format_ok": t.format_ok,
                 "gold_retrieved": t.gold_retrieved,
                 "stratum": t.article or t.dataset,
+                "search_failures": t.search_failures,
             }
             for t in trajs
         ]
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             env.close()
     table = results_table(results)
     print(table)
+    notes = SH.failure_notes(failures, args.max_search_failure_rate)  # "" when none failed
+    print(notes, end="")
     print(f"({sum(r.n for r in results)} episodes in {time.perf_counter() - t0:.1f} s)")
     own = run_final_records(run_config, args.adapter) if run_config and args.adapter else None
     if own:
@@ -374,11 +378,15 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(
             json.dumps(
-                [r.__dict__ | {"column": column_name(r.name)} for r in ordered(results)], indent=2
+                [
+                    r.__dict__ | {"column": column_name(r.name)} | failures[r.name].result_fields()
+                    for r in ordered(results)
+                ],
+                indent=2,
             )
             + "\n"
         )
-        (out / "results.md").write_text(results_table(results, markdown=True) + "\n")
+        (out / "results.md").write_text(results_table(results, markdown=True) + "\n" + notes)
         with open(out / "episodes.jsonl", "w", encoding="utf-8") as fh:
             for e in episodes:
                 fh.write(json.dumps(e, ensure_ascii=False) + "\n")

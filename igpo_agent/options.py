@@ -247,3 +247,24 @@ class GenerationOptions(Options):
                 f"max_context={self.max_context} must exceed max_new_tokens="
                 f"{self.max_new_tokens} (or be none for the model's limit)"
             )
+
+
+@dataclass
+class SearchHealthOptions(Options):
+    """What the trainer and the evaluator tolerate from the search backend
+    (:mod:`igpo_agent.run.search_health`)."""
+
+    max_search_failure_rate: float = opt(
+        0.25,
+        "env",
+        "Stop when more than this share of a training step's searches fail (the last good step "
+        "is checkpointed for --resume; below it, rollouts with a failed search are left out of "
+        "the update) or of an evaluation's (no score is written); 0 stops at any failure, "
+        "1 never.",
+    )
+
+    def _check(self, e: list[str]) -> None:
+        if not 0.0 <= self.max_search_failure_rate <= 1.0:
+            e.append(
+                f"max_search_failure_rate={self.max_search_failure_rate}: use a share in [0, 1]"
+            )

@@ -41,6 +41,7 @@ from igpo_agent.rollout.engines import Engine, make_engine
 from igpo_agent.rollout.sampling import GenerationSettings, RolloutStats
 from igpo_agent.run import distributed as D
 from igpo_agent.run import logging_utils as K
+from igpo_agent.run import search_health as SH
 from igpo_agent.run.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -156,6 +157,7 @@ def run_eval(
         max_new_tokens=cfg.max_new_tokens,
         max_context=cfg.max_context,
     )
+    failed = SH.check_eval(trajs, cfg.max_search_failure_rate, label, cfg.retriever)
     records = [episode_record(t) for t in trajs]
     write_eval_records(cfg.run_dir, f"step-{step}", records)
     f1 = mean_ci([r["f1"] for r in records])
@@ -175,10 +177,11 @@ def run_eval(
         K.EVAL_FORMAT_CI_LOW: fmt.low,
         K.EVAL_FORMAT_CI_HIGH: fmt.high,
     }
-    first = read_eval_records(cfg.run_dir, "step-0") if step > 0 else None
-    if first:
+    first = read_eval_records(cfg.run_dir, "step-0") if step > 0 else records
+    if first:  # step 0 against itself: nothing changed yet (drawn as the flips' first point)
         flips = answer_flips(first, records)
-        lines.append(f"since step 0: {flips_line(flips)}")
+        if step > 0:
+            lines.append(f"since step 0: {flips_line(flips)}")
         metrics.update(
             {
                 K.EVAL_CHANGED: flips["changed"],
@@ -187,6 +190,8 @@ def run_eval(
             }
         )
     print("\n".join(lines) + "\n")
+    SH.report(label, failed, cfg.max_search_failure_rate)  # next to the scores, if any failed
+    metrics.update(failed.eval_metrics())
     return metrics
 
 
@@ -280,6 +285,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             cfg.max_turns,
             **env_kwargs_from(cfg, cfg.eval_qa),
         )
+    SH.preflight(envs[0], cfg.retriever)  # one real query: a dead backend stops the run here
     sampler = QuestionSampler(question_count(envs[0]), cfg.seed)
     gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, world.rank))
     optimizer = torch.optim.AdamW(
@@ -352,10 +358,12 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     live_ig = cfg.algo == "igpo" and ig_method == "live"
     scorer = make_belief_scorer(ig_method, policy, engine) if cfg.algo == "igpo" else None
     last: dict[str, float] = {}
+    guard = SH.TrainerGuard(cfg, policy, optimizer, scheduler, gen, sampler, world)
     probe = FixedProbe(cfg, envs) if cfg.probe_every and world.is_main else None
     if start == 0 and (cfg.eval_questions != 0 or cfg.probe_every):  # the same on every rank
         if eval_envs:
-            last = run_eval(policy, cfg, eval_envs, "before training", 0, engine)
+            with guard.evaluation(0, 0, logger):
+                last = run_eval(policy, cfg, eval_envs, "before training", 0, engine)
         if probe is not None:
             print(f"[probe] {probe.subset.description}, G={cfg.group_size}")
             last.update(probe.run(engine, 0))
@@ -365,6 +373,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
 
     for step in range(start + 1, cfg.steps + 1):
         t_step = time.perf_counter()
+        snap = guard.snapshot(rollouts_seen)  # what a resume of this step needs
         questions = sampler.next(cfg.questions_per_step)  # the same on every rank
         tasks = [{"index": i} for i in D.rank_slice(questions, world)]
         stats = RolloutStats()
@@ -381,6 +390,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             score_beliefs=live_ig,
         )
         rollouts_seen += len(trajs) * world.world_size
+        failures = SH.step_failures(trajs, world)  # summed over ranks: one decision
+        if failures.over(cfg.max_search_failure_rate):
+            guard.stop_training(step, snap, failures, logger)  # checkpoint step - 1, raise
 
         t0 = time.perf_counter()
         if scorer is not None:  # live: scored in the rollout, its forwards are in ig_seconds
@@ -401,8 +413,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ig_turns=cfg.ig_turns,
             ig_weight=ig_weight,
             ig_exclude_zero=cfg.ig_exclude_zero,
+            exclude=SH.excluded(trajs),  # a rollout with a failed search: out of its group
         )
-        dp: dict[str, Any] = {}
+        dp: dict[str, Any] = {"exclude": SH.excluded(trajs)}  # ... and out of the loss
         if world.enabled:  # global normalisers + summed gradients = the full-batch steps
             dp["global_count"] = lambda count: D.all_reduce_sum(count, world)
             dp["reduce_grads"] = lambda params: D.all_reduce_grads(params, world)
@@ -459,6 +472,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
                 metrics[dst] = loss_m[src]
         if world.enabled:
             metrics = _merge_rank_metrics(metrics, loss_m, world)
+        metrics.update(failures.train_metrics())  # already global
         if cfg.dump_rollouts_every and step % cfg.dump_rollouts_every == 0:
             records = D.all_gather_objects(_rollout_records(trajs, adv, values), world)
             dumper.dump(step, [r for rank_records in records for r in rank_records])
@@ -477,7 +491,10 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         if cfg.eval_questions != 0 and cfg.eval_every and step % cfg.eval_every == 0:
             if step < cfg.steps:
                 if eval_envs:
-                    metrics.update(run_eval(policy, cfg, eval_envs, f"step {step}", step, engine))
+                    with guard.evaluation(step, rollouts_seen, logger, metrics):
+                        metrics.update(
+                            run_eval(policy, cfg, eval_envs, f"step {step}", step, engine)
+                        )
                 D.barrier(world)
         if probe is not None and probe.due(step):
             metrics.update(probe.run(engine, step))
@@ -505,7 +522,8 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
 
     if cfg.eval_questions != 0 and cfg.steps > start:
         if eval_envs:
-            final_eval = run_eval(policy, cfg, eval_envs, "after training", cfg.steps, engine)
+            with guard.evaluation(cfg.steps, rollouts_seen, logger, final=True):
+                final_eval = run_eval(policy, cfg, eval_envs, "after training", cfg.steps, engine)
             logger.log(cfg.steps, {**final_eval, K.ROLLOUTS_SEEN: rollouts_seen})
             last = {**last, **final_eval}
         D.barrier(world)
@@ -572,6 +590,7 @@ def _rollout_records(trajs: list, adv: Any, values: torch.Tensor) -> list[dict[s
     return out
 
 
+@SH.exit_on_outage  # a search backend outage: a clear message and exit status 3
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: ``--config FILE.yaml`` then ``--field value`` overrides."""
     cfg = load_config(argv)

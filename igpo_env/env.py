@@ -120,6 +120,12 @@ class SearchQAEnv(gym.Env[str, str]):
     ``metrics`` = ``{"em", "f1", "cover_em"}`` (absent otherwise, so that vector envs can
     batch it as a dict; there ``infos["_metrics"]`` marks the envs that answered).
 
+    A failing backend never raises out of ``step``: the search turn gets the observation
+    ``search failed: MESSAGE`` (reward 0.0), ``search_failed=True`` and the message in
+    ``search_error``; ``search_failures`` (int, every ``step``) counts this episode's failed
+    searches so far, so a learner or evaluator can tell an outage from the agent's own
+    failures (``igpo_agent`` leaves such rollouts out of its update).
+
     ## Arguments
 
     ```python
@@ -212,6 +218,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self._example: QAExample | None = None
         self._done = True
         self._turn = 0
+        self._search_failures = 0  # failed searches of the current episode
         self._transcript: list[str] = []
 
     # ----------------------------------------------------------------- construction
@@ -293,6 +300,7 @@ class SearchQAEnv(gym.Env[str, str]):
             index = int(self.np_random.integers(len(self.examples)))
             example = self.examples[index]
         self._example, self._done, self._turn = example, False, 0
+        self._search_failures = 0
         obs = _clip(self.protocol.prompt(example.question))
         self._transcript = [obs]
         info = {
@@ -335,6 +343,8 @@ class SearchQAEnv(gym.Env[str, str]):
             obs = self.protocol.invalid_message(parsed.reason)
             reward, terminated = self.format_penalty, self.on_invalid == "terminate"
 
+        self._search_failures += bool(info["search_failed"])
+        info["search_failures"] = self._search_failures
         obs = _clip(obs)
         self._turn += 1
         self._done = terminated

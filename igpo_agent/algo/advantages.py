@@ -21,6 +21,7 @@ observation tokens get 0 and are masked out of the loss by the caller.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -252,6 +253,28 @@ def group_advantages(
         ig=tr.ig,
         group=index,
     )
+
+
+def exclusion_groups(
+    exclude: Sequence[bool],
+    group_ids: Tensor | Sequence[Hashable] | None = None,
+    group_size: int | None = None,
+) -> list[Hashable]:
+    """Group labels (for ``group_advantages(group_ids=...)``) that take the rollouts flagged
+    in ``exclude`` out of their groups: each becomes a group of its own, so it neither
+    shifts nor scales the others' normalisation; the rest keep the groups given by
+    ``group_ids`` or ``group_size``. Zero the excluded rows afterwards (:func:`zero_rows`):
+    a lone rollout's pooled IG values would otherwise normalise among themselves."""
+    index, _ = group_index(len(exclude), group_ids, group_size)
+    labels = index.tolist()
+    return [("excluded", i) if x else labels[i] for i, x in enumerate(exclude)]
+
+
+def zero_rows(adv: TurnAdvantages, exclude: Sequence[bool]) -> TurnAdvantages:
+    """``adv`` with the flagged rollouts' ``returns`` and ``normalized`` set to 0 (their raw
+    rewards and IG are kept for logging)."""
+    keep = torch.tensor([not x for x in exclude], dtype=adv.returns.dtype)[:, None]
+    return dataclasses.replace(adv, returns=adv.returns * keep, normalized=adv.normalized * keep)
 
 
 def token_advantages(turn_returns: Tensor, token_turns: Tensor) -> Tensor:

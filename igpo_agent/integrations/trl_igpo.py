@@ -27,7 +27,9 @@ Per generation batch, for each rollout:
 3. IG rewards, the outcome (the reward functions' weighted sum, or ``format_penalty`` for
    a truncated rollout or one with a failed tool call), the group normalisation ``norm``,
    discounted returns ``gamma`` and the ``ig_turns`` rule: igpo_agent's own functions
-   (:mod:`igpo_agent.integrations.turns`);
+   (:mod:`igpo_agent.integrations.turns`). A rollout no reward function scored (TRL's
+   unscorable: ``answer_reward`` returns None after a failed backend search) is left out
+   of its group and gets advantage 0, as TRL does and as igpo_agent's trainer does;
 4. every model token of turn t gets R_{i,t}: ``inputs["advantages"]`` becomes (B, T),
    which TRL's loss accepts as it is.
 
@@ -263,6 +265,7 @@ class IGPOTrainer(GRPOTrainer):
             ig_weight=ig_weight,
             ig_exclude_zero=cfg.ig_exclude_zero,
             format_penalty=cfg.format_penalty,
+            exclude=(~scorable).tolist(),  # unscored (e.g. a failed backend search): left out
         )
         start = self.accelerator.process_index * len(completion_ids)
         returns = adv.returns[start : start + len(completion_ids)]
@@ -270,7 +273,7 @@ class IGPOTrainer(GRPOTrainer):
         token_adv = turn_token_advantages([r.spans for r in local], returns, width)
         output["advantages"] = token_adv.to(output["completion_ids"].device)
         self.last_igpo = IGPORecord(all_values, all_rollouts, adv, outcome, ig_weight)
-        self._log_igpo(mode, all_rollouts, adv, outcome, ig_weight)
+        self._log_igpo(mode, all_rollouts, adv, outcome, ig_weight, ~scorable.cpu())
         return output
 
     def _log_igpo(
@@ -280,8 +283,10 @@ class IGPOTrainer(GRPOTrainer):
         adv: TurnAdvantages,
         outcome: torch.Tensor,
         ig_weight: float,
+        unscored: torch.Tensor | None = None,
     ) -> None:
-        """IGPO metrics, and TRL's per-rollout advantage log as each rollout's token mean."""
+        """IGPO metrics, and TRL's per-rollout advantage log as each rollout's token mean.
+        ``unscored`` (N,) bool: rollouts left out (their outcome is not in the mean)."""
         t_max = adv.returns.shape[1]
         tokens = torch.zeros(len(rollouts), t_max)
         for i, ro in enumerate(rollouts):
@@ -299,7 +304,9 @@ class IGPOTrainer(GRPOTrainer):
         metrics["igpo/ig_turns_per_rollout"].append(float(adv.is_ig.sum()) / max(n, 1))
         metrics["igpo/turns_per_rollout"].append(sum(r.num_turns for r in rollouts) / max(n, 1))
         metrics["igpo/malformed"].append(sum(r.malformed for r in rollouts) / max(n, 1))
-        metrics["igpo/outcome_mean"].append(float(outcome.mean()))
+        scored = outcome if unscored is None else outcome[~unscored]
+        metrics["igpo/outcome_mean"].append(float(scored.mean()) if scored.numel() else math.nan)
+        metrics["igpo/unscored_rollouts"].append(0.0 if unscored is None else float(unscored.sum()))
         metrics["igpo/nonzero_advantage_tokens"].append(nonzero_token_share(adv.returns, tokens))
         group = self.num_generations if mode == "train" else self.num_generations_eval
         metrics["igpo/all_equal_outcome_groups"].append(all_equal_group_share(outcome, group))

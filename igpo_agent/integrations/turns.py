@@ -33,7 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
+from igpo_agent.algo.advantages import (
+    TurnAdvantages,
+    exclusion_groups,
+    group_advantages,
+    token_advantages,
+    zero_rows,
+)
 from igpo_agent.algo.rewards import DEFAULT_FORMAT_PENALTY
 from igpo_agent.choices import IGTurns, choices
 from igpo_agent.ig.beliefs import reencoded_beliefs
@@ -228,6 +234,7 @@ def trl_turn_advantages(
     ig_weight: float = 1.0,
     ig_exclude_zero: bool = False,
     format_penalty: float | None = DEFAULT_FORMAT_PENALTY,
+    exclude: Sequence[bool] | None = None,
 ) -> tuple[TurnAdvantages, Tensor]:
     """Per-turn IGPO advantages of a batch of TRL rollouts and their outcomes (N,).
 
@@ -235,6 +242,11 @@ def trl_turn_advantages(
     ``rewards`` the reward functions' weighted sum per rollout. A rollout without a model
     token counts as one turn holding only its outcome (as in the learner). The knobs are
     ``TrainConfig``'s (see docs/ALGORITHM.md); the callers pass its defaults.
+
+    ``exclude[i]`` leaves rollout i out, as the learner's ``compute_advantages(exclude=)``
+    does: out of its group's normalisation, advantages 0; its reward may be NaN (a rollout
+    no reward function scored, e.g. ``answer_reward``'s None after a failed backend search)
+    and its outcome is reported as 0.
     """
     if ig_turns not in IG_TURNS:
         raise ValueError(f"ig_turns must be one of {IG_TURNS}, got {ig_turns!r}")
@@ -243,7 +255,16 @@ def trl_turn_advantages(
     for i, (v, ro) in enumerate(zip(values, rollouts, strict=True)):
         if len(v) != ro.num_turns:
             raise ValueError(f"rollout {i}: {len(v)} belief values for {ro.num_turns} turns")
-    outcome = outcome_with_penalty(rewards, rollouts, format_penalty)
+    flags = [False] * len(rollouts) if exclude is None else [bool(x) for x in exclude]
+    if len(flags) != len(rollouts):
+        raise ValueError(f"exclude has {len(flags)} entries for {len(rollouts)} rollouts")
+    r = torch.as_tensor(rewards, dtype=torch.float32).detach().cpu()
+    if any(flags) and r.shape == (len(flags),):  # placeholders; zeroed below
+        r = torch.where(torch.tensor(flags), torch.zeros_like(r), r)
+    outcome = outcome_with_penalty(r, rollouts, format_penalty)
+    if any(flags):
+        outcome = torch.where(torch.tensor(flags), torch.zeros_like(outcome), outcome)
+        group_ids, group_size = exclusion_groups(flags, group_ids, group_size), None
     t_max = max([max(ro.num_turns, 1) for ro in rollouts], default=1)
     matrix = torch.zeros(len(rollouts), t_max)
     eligible = torch.zeros(len(rollouts), t_max, dtype=torch.bool)
@@ -265,7 +286,7 @@ def trl_turn_advantages(
         ig_weight=ig_weight,
         ig_exclude_zero=ig_exclude_zero,
     )
-    return adv, outcome
+    return (zero_rows(adv, flags) if any(flags) else adv), outcome
 
 
 def score_turn_beliefs(

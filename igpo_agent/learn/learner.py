@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from igpo_agent.algo.advantages import TurnAdvantages, group_advantages, token_advantages
+from igpo_agent.algo.advantages import (
+    TurnAdvantages,
+    exclusion_groups,
+    group_advantages,
+    token_advantages,
+    zero_rows,
+)
 from igpo_agent.algo.loss import loss_normalizer, policy_loss
 from igpo_agent.algo.rewards import outcome_rewards
 from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
@@ -103,6 +109,7 @@ def compute_advantages(
     ig_turns: str = "search",
     ig_weight: float = 1.0,
     ig_exclude_zero: bool = False,
+    exclude: Sequence[bool] | None = None,
 ) -> tuple[TurnAdvantages, torch.Tensor]:
     """Per-turn advantages of a batch (groups of ``group_size`` adjacent rollouts) and the
     raw outcome rewards (N,).
@@ -110,6 +117,12 @@ def compute_advantages(
     ``ig_turns="search"`` (docs/ALGORITHM.md: "every turn that ends in a search gets r^IG_t") gives
     IG only to turns the env parsed as a search; ``"all"`` to every turn before the last,
     malformed ones included.
+
+    ``exclude[i]`` leaves rollout i out (e.g. one whose search backend failed: its reward
+    measures the outage, not the policy): it is taken out of its group before the group
+    normalisation, so the others' advantages are those of the group without it (a group
+    left with one rollout gives it 0, the lone-value rule), and its own advantages
+    (``returns``, ``normalized``) are 0. ``raw``/``ig`` keep its values for logging.
     """
     outcome = outcome_rewards(
         [t.outcome_f1 for t in trajs],
@@ -127,11 +140,16 @@ def compute_advantages(
                 eligible[i, k] = kind == "search"
     elif ig_turns != "all":
         raise ValueError(f"ig_turns must be 'search' or 'all', got {ig_turns!r}")
+    flags = [False] * len(trajs) if exclude is None else [bool(x) for x in exclude]
+    if len(flags) != len(trajs):
+        raise ValueError(f"exclude has {len(flags)} entries for {len(trajs)} trajectories")
+    groups = exclusion_groups(flags, group_size=group_size) if any(flags) else None
     adv = group_advantages(
         values,
         num_turns,
         outcome,
-        group_size=group_size,
+        group_size=None if groups else group_size,
+        group_ids=groups,
         algo=algo,  # type: ignore[arg-type]
         ig_mode=ig_mode,  # type: ignore[arg-type]
         norm=norm,  # type: ignore[arg-type]
@@ -140,7 +158,7 @@ def compute_advantages(
         ig_weight=ig_weight,
         ig_exclude_zero=ig_exclude_zero,
     )
-    return adv, outcome
+    return (zero_rows(adv, flags) if groups else adv), outcome
 
 
 def turn_token_counts(trajs: Sequence[Trajectory], t_max: int) -> torch.Tensor:
@@ -216,8 +234,14 @@ def policy_update(
     *,
     global_count: Callable[[float], float] | None = None,
     reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    exclude: Sequence[bool] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Run the PPO update on the batch; returns (loss metrics, timings).
+
+    ``exclude[i]`` masks every token of trajectory i out of the loss (no policy-gradient,
+    KL or entropy term, not in the token count that normalises it): the update is the one
+    the other trajectories alone would give, while the batch keeps its size (data-parallel
+    ranks and mini-batches stay aligned).
 
     Every token the agent generated in turn t gets ``turn_returns[i, t]``; prompt and
     observation tokens are masked out. Each of ``ppo_epochs`` passes splits the batch into
@@ -245,6 +269,10 @@ def policy_update(
     pad_id = policy.tokenizer.pad_token_id
     batch = pad_batch(trajs, pad_id)
     batch["advantages"] = token_advantages(turn_returns, batch["token_turns"])
+    if exclude is not None and any(exclude):
+        if len(exclude) != len(trajs):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(trajs)} trajectories")
+        batch["action_mask"][torch.tensor([bool(x) for x in exclude])] = False
     mask = batch["action_mask"]
     timings = {"old_logprobs_s": 0.0, "update_s": 0.0}
     agg = settings.loss_agg

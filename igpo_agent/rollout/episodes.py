@@ -34,6 +34,9 @@ never recovered by scanning text:
   ``info["article"]``; ``gold_retrieved``: some search turn's ``info["gold_retrieved"]``
   (a document the agent read held a gold alias); ``format_ok``: every turn was valid;
   ``truncated``: the env's turn limit hit, or the context guard fired.
+- ``search_failures`` / ``search_error``: how many turns the env reported
+  ``info["search_failed"]`` for, and the last ``info["search_error"]`` (a backend outage,
+  which the trainer and evaluator account for apart from the agent's own failures).
 
 Context guard: an episode never holds more than ``max_context`` tokens. A turn's budget is
 ``min(max_new_tokens, max_context - len(tokens))``; an observation is appended only if at
@@ -233,6 +236,9 @@ def record_turn(
     traj.env_rewards.append(float(reward))
     traj.gold_retrieved = traj.gold_retrieved or bool(info.get("gold_retrieved", False))
     traj.format_ok = traj.format_ok and valid
+    if info.get("search_failed"):
+        traj.search_failures += 1
+        traj.search_error = str(info.get("search_error") or "search failed")
     if terminated or truncated:
         traj.answered = bool(terminated and action == "answer" and valid)
         traj.outcome_f1 = float(reward) if traj.answered else 0.0

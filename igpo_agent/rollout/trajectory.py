@@ -31,7 +31,9 @@ class Trajectory:
     ``token_ids`` = prompt | action_0 | obs_0 | action_1 | obs_1 | ... | action_{T-1}.
     ``sample_logprobs`` holds, for every token, the log-prob under the sampling policy
     (0.0 where the token was not sampled). ``turn_kinds[t]`` is ``"search"``,
-    ``"answer"`` or ``"invalid"`` as the env parsed it.
+    ``"answer"`` or ``"invalid"`` as the env parsed it. ``search_failures`` counts the
+    searches whose backend failed (the env's ``info["search_failed"]``): such a rollout
+    measures the outage, not the agent, and the trainer leaves it out of its update.
     """
 
     question: str
@@ -48,6 +50,8 @@ class Trajectory:
     format_ok: bool = True  # every turn parsed as a valid action
     truncated: bool = False  # hit the turn limit without answering
     context_truncated: bool = False  # stopped because the model's context was full
+    search_failures: int = 0  # searches whose backend failed (info["search_failed"])
+    search_error: str = ""  # the last failed search's message ("" when none failed)
     group: int = 0  # index of the question within the batch
     qid: str = ""
     dataset: str = ""  # the env's info["dataset"]

@@ -87,6 +87,7 @@ def batch_records(
                 "answered": bool(t.answered),
                 "format_ok": bool(t.format_ok),
                 "truncated": bool(t.truncated or t.context_truncated),
+                "search_failures": int(t.search_failures),
             }
         )
     return out

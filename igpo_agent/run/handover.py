@@ -89,3 +89,10 @@ def run_final_records(run_config: Path, adapter: str) -> list[dict[str, Any]] | 
     if not isinstance(steps, int):
         return None
     return read_eval_records(run_config.parent, f"step-{steps}")
+
+
+def settings_line(args: Any) -> str:
+    """The episode and generation settings an evaluation runs with, in one line."""
+    names = ("max_turns", "max_new_tokens", "max_context", "top_k", "doc_max_words")
+    names += ("protocol", "retriever", "corpus", "engine", "dtype", "eval_seed")
+    return ", ".join(f"{k}={getattr(args, k)}" for k in names) + ", temperature=0 (greedy)"

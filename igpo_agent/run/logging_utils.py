@@ -1,4 +1,4 @@
-# Over 400 lines: every metric key is defined here once, with its description (METRICS).
+# Over 400 lines: every metric key with its description, the logger and the dumps, defined once.
 """Metrics logging: one JSON line per record, TensorBoard scalars, a progress bar, rollout dumps.
 
 Metric names are stable, CleanRL style (``charts/...``, ``losses/...``, ``perf/...``,
@@ -48,6 +48,9 @@ OPTIMIZER_STEPS = "losses/optimizer_steps"
 ALL_EQUAL_GROUPS = "charts/all_equal_outcome_groups"
 NONZERO_ADV_TOKENS = "charts/nonzero_advantage_tokens"
 IG_WEIGHT = "charts/ig_weight"
+SEARCH_FAILURES = "charts/search_failures"
+SEARCH_FAILURE_RATE = "charts/search_failure_rate"
+SEARCH_FAILED_ROLLOUTS = "charts/search_failed_rollouts"
 TOKENS_PER_S = "perf/tokens_per_s"
 GENERATION_S = "time/generation_s"
 RETRIEVAL_S = "time/retrieval_s"
@@ -83,6 +86,8 @@ PROBE_PASS_AT_G = "probe/pass@G"
 PROBE_FORMAT_ERROR_RATE = "probe/format_error_rate"
 PROBE_QUESTIONS = "probe/questions"
 PROBE_GROUP_SIZE = "probe/group_size"
+EVAL_SEARCH_FAILURES = "eval/search_failures"
+EVAL_SEARCH_FAILURE_RATE = "eval/search_failure_rate"
 
 TIME_SPLIT_KEYS = (GENERATION_S, RETRIEVAL_S, INFO_GAIN_S, OLD_LOGPROBS_S, UPDATE_S)
 """The parts of one step's wall time (stacked in the plots; ``time/step_s`` is the total)."""
@@ -121,6 +126,9 @@ METRICS: dict[str, str] = {
     ALL_EQUAL_GROUPS: "share of groups whose outcome rewards are all equal (no GRPO signal)",
     NONZERO_ADV_TOKENS: "share of trained tokens with a non-zero advantage",
     IG_WEIGHT: "weight of the normalised IG rewards at this step",
+    SEARCH_FAILURES: "searches of the step whose backend failed (all ranks)",
+    SEARCH_FAILURE_RATE: "failed / attempted searches of the step (0 without searches)",
+    SEARCH_FAILED_ROLLOUTS: "rollouts with a failed search, left out of the update",
     TOKENS_PER_S: "generated tokens per second of rollout time",
     GENERATION_S: "seconds spent sampling agent turns",
     RETRIEVAL_S: "seconds spent in the retriever",
@@ -156,6 +164,8 @@ METRICS: dict[str, str] = {
     PROBE_FORMAT_ERROR_RATE: "fixed probe: share of rollouts malformed or unanswered",
     PROBE_QUESTIONS: "fixed probe: training questions it samples",
     PROBE_GROUP_SIZE: "fixed probe: rollouts per question (G)",
+    EVAL_SEARCH_FAILURES: "evaluation searches whose backend failed",
+    EVAL_SEARCH_FAILURE_RATE: "failed / attempted evaluation searches",
 }
 
 POSTFIX_KEYS: dict[str, str] = {
@@ -403,6 +413,7 @@ def rollout_record(
         "format_ok": traj.format_ok,
         "truncated": traj.truncated,
         "context_truncated": traj.context_truncated,
+        "search_failures": getattr(traj, "search_failures", 0),
         "num_tokens": len(traj.token_ids),
         "turns": turns,
         **extra,

@@ -31,6 +31,12 @@ tool use from a class with ``reset(**row)`` and typed, docstringed tool methods.
   after a tool call) ``0.0``. TRL stops generating only at the end-of-turn token, so the
   turn is first cut after its first stop string (``</answer>``, ``</search>``...), as the
   env's own generators stop there.
+- A rollout whose backend failed a search (a dead server, not the agent's bad query) is
+  not scored as the agent's failure: :func:`answer_reward` returns ``None`` for it, which
+  TRL (1.16) treats as unscorable (out of its group's baseline, advantage 0; with other
+  reward functions it is scored by them alone), logs ``searchqa/search_failures``,
+  ``searchqa/search_failure_rate`` and ``searchqa/unscored``, and warns with the error.
+  ``igpo_agent``'s ``IGPOTrainer`` leaves such rollouts out of IGPO's groups the same way.
 - :func:`build_dataset` turns a QA split into rows (chat prompt, question, gold answers).
 - ``make_environment_factory(..., first_search=True)`` runs one search for the question at
   ``reset`` and appends its documents to the prompt, for small models that never call a tool.
@@ -44,6 +50,7 @@ The module imports without TRL; the helpers that need TRL or ``datasets`` raise 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +73,7 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install igpo[trl]"
+log = logging.getLogger(__name__)
 TOOL_NAME = "search"
 FIRST_SEARCH_HEADER = "\n\nSearch results for the question:\n"
 DEFAULT_SYSTEM_PROMPT = (
@@ -118,8 +126,10 @@ class SearchQATool:
 
     Attributes (read them in reward functions and tests): ``question``, ``answers``,
     ``searches`` (one dict per search: ``query``, ``sent``, ``truncated``, ``doc_ids``,
-    ``failed``, ``error``), ``metrics`` (``{"em", "f1", "cover_em"}`` once
-    :func:`answer_reward` scored an answer, else ``None``) and ``reward``.
+    ``failed``, ``error``, and ``backend_failed``: the backend raised, as opposed to a bad
+    query), ``search_failures`` (how many searches the backend failed), ``metrics``
+    (``{"em", "f1", "cover_em"}`` once :func:`answer_reward` scored an answer, else
+    ``None``) and ``reward`` (``None`` for a rollout with a backend failure).
     """
 
     def __init__(
@@ -183,6 +193,7 @@ class SearchQATool:
             "doc_ids": [],
             "failed": False,
             "error": None,
+            "backend_failed": False,
         }
         self.searches.append(record)
         if not isinstance(query, str):
@@ -199,11 +210,16 @@ class SearchQATool:
                 )
             hits = list(results[0])[: env.top_k]
         except Exception as exc:  # noqa: BLE001  (any backend error is an observation in TRL's loop)
-            record.update(failed=True, error=f"{type(exc).__name__}: {exc}")
+            record.update(failed=True, error=f"{type(exc).__name__}: {exc}", backend_failed=True)
             return _clip(f"search failed: {exc}")
         record["doc_ids"] = [h.doc_id for h in hits]
         observation = env.protocol.observation([sent], [hits], env.doc_max_words)
         return _clip(_unwrap(observation, env))
+
+    @property
+    def search_failures(self) -> int:
+        """Searches of this rollout whose backend failed (not counting invalid queries)."""
+        return sum(bool(r.get("backend_failed")) for r in self.searches)
 
     def _invalid(self, record: dict[str, Any], reason: str) -> str:
         record.update(failed=True, error=reason)
@@ -287,14 +303,19 @@ def answer_reward(
     environments: Sequence[SearchQATool] | None = None,
     log_metric: Callable[[str, float], None] | None = None,
     **kwargs: Any,
-) -> list[float]:
+) -> list[float | None]:
     """Reward function for ``GRPOTrainer(reward_funcs=answer_reward)``: the env's score.
 
     Each completion's final assistant turn is scored against its environment's gold
     answers as ``env.step`` scores a turn (see the module docstring). Needs the trainer's
     ``environments`` (``environment_factory=make_environment_factory(...)``). With TRL's
     ``log_metric`` it also logs ``searchqa/{em,f1,cover_em}`` (mean over the batch, 0 for a
-    rollout without an answer), ``searchqa/answered`` and ``searchqa/searches``.
+    rollout without an answer), ``searchqa/answered``, ``searchqa/searches`` and the
+    backend's failures: ``searchqa/search_failures`` (count), ``searchqa/search_failure_rate``
+    (failed / attempted searches) and ``searchqa/unscored`` (share of rollouts).
+
+    A rollout with a failed backend search gets ``None`` (not scored: its outcome measures
+    the outage, not the agent), and the batch's failures are logged as a warning.
     """
     if environments is None:
         raise ValueError(
@@ -306,13 +327,28 @@ def answer_reward(
             f"{len(completions)} completions but {len(environments)} environments; "
             "they must pair up one to one"
         )
-    rewards = []
+    rewards: list[float | None] = []
     for completion, tool in zip(completions, environments, strict=True):
         if not isinstance(tool, SearchQATool):
             raise TypeError(f"expected SearchQATool environments, got {type(tool).__name__}")
         tool.metrics = None
-        tool.reward = float(_score_turn(tool, _final_turn(completion)))
+        score = float(_score_turn(tool, _final_turn(completion)))
+        tool.reward = None if tool.search_failures else score
         rewards.append(tool.reward)
+    failures = sum(t.search_failures for t in environments)
+    searches = sum(len(t.searches) for t in environments)
+    unscored = sum(r is None for r in rewards)
+    if failures:
+        last = next(r["error"] for t in environments for r in t.searches if r["backend_failed"])
+        log.warning(
+            "%d of %d searches failed in the search backend; %d of %d rollouts are not scored "
+            "(reward None). First error: %s",
+            failures,
+            searches,
+            unscored,
+            len(rewards),
+            last,
+        )
     if log_metric is not None and environments:
         n = len(environments)
         for name in ("em", "f1", "cover_em"):
@@ -320,7 +356,10 @@ def answer_reward(
                 f"searchqa/{name}", sum((t.metrics or {}).get(name, 0.0) for t in environments) / n
             )
         log_metric("searchqa/answered", sum(t.metrics is not None for t in environments) / n)
-        log_metric("searchqa/searches", sum(len(t.searches) for t in environments) / n)
+        log_metric("searchqa/searches", searches / n)
+        log_metric("searchqa/search_failures", float(failures))
+        log_metric("searchqa/search_failure_rate", failures / searches if searches else 0.0)
+        log_metric("searchqa/unscored", unscored / n)
     return rewards
 
 

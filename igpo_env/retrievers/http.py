@@ -9,11 +9,18 @@ Protocol (Search-R1's ``retrieval_server.py``, also served by :mod:`igpo_env.ser
 timeout, retries with exponential backoff on connection errors, timeouts, 5xx and 429
 (a ``Retry-After`` header is honoured, capped), a client-side rate limit, and a final
 :class:`SearchError` whose message never contains a secret.
+
+The ``/retrieve`` client's timeout, retries and first backoff default to the environment
+variables ``IGPO_HTTP_TIMEOUT_S`` (30), ``IGPO_HTTP_MAX_RETRIES`` (3) and
+``IGPO_HTTP_BACKOFF_S`` (0.5) when not passed, so a trainer or evaluator that builds its
+envs from a URL (``--retriever http://...``) can be given a shorter retry budget without
+code: each failed search costs the whole budget (a dead server: about 3.5 s by default).
 """
 
 from __future__ import annotations
 
 import email.utils
+import os
 import threading
 import time
 from typing import Any
@@ -24,6 +31,27 @@ from igpo_env.data import document_from_row
 from igpo_env.retrievers.base import Hit, SearchError, check_k, check_queries
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+TIMEOUT_ENV, RETRIES_ENV, BACKOFF_ENV = (
+    "IGPO_HTTP_TIMEOUT_S",
+    "IGPO_HTTP_MAX_RETRIES",
+    "IGPO_HTTP_BACKOFF_S",
+)
+
+
+def env_default(value: float | None, variable: str, default: float, kind: type = float) -> Any:
+    """``value`` if given, else the environment variable ``variable`` parsed as ``kind``, else
+    ``default``; a variable that does not parse raises a ValueError naming it."""
+    if value is not None:
+        return value
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return kind(default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(
+            f"${variable}={raw!r} is not a {kind.__name__}; unset it or give a number"
+        ) from None
 
 
 class RateLimiter:
@@ -171,7 +199,9 @@ class HTTPRetriever:
     """Search-R1 ``/retrieve`` client. ``url`` is the server root or the full /retrieve URL.
 
     Batches of more than ``max_batch`` queries are sent as several requests. Without scores
-    (``return_scores=False`` servers) the score is ``-rank``.
+    (``return_scores=False`` servers) the score is ``-rank``. ``timeout_s``, ``max_retries``
+    and ``backoff_s`` left at None read ``$IGPO_HTTP_TIMEOUT_S`` (30),
+    ``$IGPO_HTTP_MAX_RETRIES`` (3) and ``$IGPO_HTTP_BACKOFF_S`` (0.5).
     """
 
     def __init__(
@@ -179,9 +209,9 @@ class HTTPRetriever:
         url: str = "http://127.0.0.1:8000",
         *,
         max_batch: int = 256,
-        timeout_s: float = 30.0,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
         max_backoff_s: float = 8.0,
         rate_limit: float | None = None,
         name: str = "http",
@@ -191,9 +221,9 @@ class HTTPRetriever:
         self.name = name
         self.max_batch = max_batch
         self.client = RetryingClient(
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            backoff_s=backoff_s,
+            timeout_s=env_default(timeout_s, TIMEOUT_ENV, 30.0),
+            max_retries=env_default(max_retries, RETRIES_ENV, 3, int),
+            backoff_s=env_default(backoff_s, BACKOFF_ENV, 0.5),
             max_backoff_s=max_backoff_s,
             rate_limit=rate_limit,
         )

@@ -219,6 +219,34 @@ def test_trl_path_equals_igpo_agent(tiny_policy, settings: dict) -> None:
         assert abs(float(first - last)) > 1e-3
 
 
+def test_unscored_rollouts_are_left_out_like_the_learner_leaves_them(tiny_policy) -> None:
+    """A rollout no reward function scored (NaN: answer_reward's None after a failed backend
+    search) is out of its group and gets advantage 0, as compute_advantages(exclude=)."""
+    tok = tiny_policy.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    knobs = {"algo": "igpo", "ig_mode": "log_prob_diff", "norm": "separate", "gamma": 1.0}
+    knobs["format_penalty"] = -2.0
+    recorded = [_record(tok, g, t, f, fl, i // 4, -2.0) for i, (g, t, f, fl) in enumerate(ROLLOUTS)]
+    trajs, views = [r[0] for r in recorded], [r[1] for r in recorded]
+    out = [i in (1, 5) for i in range(len(trajs))]
+    values = belief_matrix(tiny_policy, trajs, A, Z, method="packed")
+    adv, _ = compute_advantages(trajs, values, group_size=4, exclude=out, **knobs)
+    rollouts = [
+        rollout_turns(v["completion_ids"], v["tool_mask"], v["completion"], [eos, tok.pad_token_id])
+        for v in views
+    ]
+    trl_values = [values[i, : r.num_turns].tolist() for i, r in enumerate(rollouts)]
+    rewards = [float("nan") if o else v["reward"] for o, v in zip(out, views, strict=True)]
+    with pytest.raises(ValueError, match="finite outcome"):  # without exclude: refused
+        trl_turn_advantages(trl_values, rollouts, rewards, group_size=4, **knobs)
+    got, outcome = trl_turn_advantages(
+        trl_values, rollouts, rewards, group_size=4, exclude=out, **knobs
+    )
+    torch.testing.assert_close(got.returns, adv.returns, atol=1e-6, rtol=0)
+    assert not got.returns[1].any() and not got.returns[5].any()
+    assert got.returns[0].abs().sum() > 0 and outcome[1] == 0.0 == outcome[5]
+
+
 # ------------------------------------------------------------------ one real IGPOTrainer step
 
 CORPUS = [

@@ -115,6 +115,19 @@ def test_search_error_becomes_an_observation_and_the_episode_goes_on(env_kwargs:
     assert terminated and reward == 1.0
 
 
+def test_failed_searches_are_counted_per_episode(env_kwargs: dict) -> None:
+    dead = make_retriever("http", url="http://127.0.0.1:9", max_retries=0, timeout_s=2.0)
+    env = SearchQAEnv(qa=env_kwargs["qa"], retriever=dead)
+    env.reset(options={"index": 0})
+    counts = [env.step("<search>capital of France</search>")[4]["search_failures"]]
+    counts.append(env.step("<search>Seine</search>")[4]["search_failures"])
+    counts.append(env.step("not an action")[4]["search_failures"])  # invalid: no search
+    assert counts == [1, 2, 2]
+    env.reset(options={"index": 1})  # a new episode starts at 0
+    info = env.step("<answer>1969</answer>")[4]
+    assert info["search_failures"] == 0 and info["search_failed"] is False
+
+
 class _WrongLengthRetriever:
     name = "wrong-length"
 

@@ -335,3 +335,26 @@ def test_nonzero_token_share_by_hand():
     tokens = torch.tensor([[10.0, 30.0], [20.0, 0.0]])  # the last slot is padding
     assert nonzero_token_share(returns, tokens) == pytest.approx(50 / 60)
     assert math.isnan(nonzero_token_share(returns, torch.zeros(2, 2)))
+
+
+def test_exclusion_groups_and_zero_rows():
+    from igpo_agent.algo.advantages import exclusion_groups, zero_rows
+
+    flags = [False, True, False, False]
+    assert exclusion_groups(flags, group_size=2) == [0, ("excluded", 1), 1, 1]
+    assert exclusion_groups(flags, group_ids=["a", "a", "b", "a"]) == [0, ("excluded", 1), 1, 0]
+    with pytest.raises(ValueError, match="whole number of groups"):
+        exclusion_groups([False] * 3, group_size=2)
+    values = torch.tensor([[-2.0, -1.0, -0.9], [-2.0, -0.5, -1.0], [-2.0, -1.5, -1.4]])
+    values = torch.cat([values, torch.tensor([[-2.0, -1.2, -0.2]])])  # 3 turns: 2 IG values
+    outcome = torch.tensor([1.0, 0.0, 0.5, 0.2])
+    kw = dict(algo="igpo", norm="separate")
+    adv = group_advantages(
+        values, [3] * 4, outcome, group_ids=exclusion_groups(flags, [0] * 4), **kw
+    )
+    out = zero_rows(adv, flags)
+    alone = group_advantages(values[[0, 2, 3]], [3] * 3, outcome[[0, 2, 3]], group_size=3, **kw)
+    torch.testing.assert_close(out.returns[[0, 2, 3]], alone.returns)
+    assert not out.returns[1].any() and not out.normalized[1].any()
+    assert adv.returns[1].any()  # alone, its two IG values would still normalise to +-1
+    torch.testing.assert_close(out.raw, adv.raw)

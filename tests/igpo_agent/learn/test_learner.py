@@ -255,3 +255,58 @@ def test_bf16_autocast_loss_and_gradients_agree_with_fp32(tiny_policy, envs):
     assert float((lp32[act] - lp16[act]).abs().max()) < 0.05
     assert abs(l32 - l16) <= 0.02 * abs(l32) + 1e-3
     assert float((g32 - g16).norm() / g32.norm()) < 0.05
+
+
+def test_excluded_rollouts_leave_their_group_and_get_no_advantage():
+    """A rollout left out (its search backend failed) is out of the group normalisation:
+    the others get the advantages of the group without it; it gets 0."""
+
+    def traj(kinds, f1):
+        t = Trajectory(question="q", answers=["a"], turn_kinds=kinds, answered=True)
+        t.spans = [Span("action", i, i + 1, i) for i in range(len(kinds))]
+        t.outcome_f1 = f1
+        return t
+
+    trajs = [traj(["search", "answer"], f) for f in (1.0, 0.0, 0.5, 0.2)]
+    values = torch.tensor([[-3.0, -1.0], [-3.0, -2.5], [-3.0, -2.0], [-3.0, -2.9]])
+    kw = dict(algo="igpo", ig_mode="log_prob_diff", norm="separate", gamma=1.0)
+    kw["format_penalty"] = -2.0
+    adv, outcome = compute_advantages(
+        trajs, values, group_size=4, exclude=[False, True, False, False], **kw
+    )
+    alone, _ = compute_advantages(
+        [trajs[i] for i in (0, 2, 3)], values[[0, 2, 3]], group_size=3, **kw
+    )
+    torch.testing.assert_close(adv.returns[[0, 2, 3]], alone.returns)
+    assert adv.returns[1].abs().sum() == 0 and adv.normalized[1].abs().sum() == 0
+    assert outcome.tolist() == pytest.approx([1.0, 0.0, 0.5, 0.2])  # raw, for the logs
+    full, _ = compute_advantages(trajs, values, group_size=4, **kw)
+    assert not torch.allclose(full.returns[[0, 2, 3]], alone.returns)
+    with pytest.raises(ValueError, match="exclude has 2 entries"):
+        compute_advantages(trajs, values, group_size=4, exclude=[True, False], **kw)
+
+
+def test_excluded_rollouts_do_not_reach_the_update(tiny_policy, envs):
+    """policy_update(exclude=...) equals the update on the other trajectories alone."""
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    assert sum(trajs[1].action_mask()) > 0
+    params = tiny_policy.trainable_parameters()
+    start = [p.detach().clone() for p in params]
+    settings = LossSettings(micro_batch_size=4, kl_coef=0.01, entropy_coef=0.01)
+
+    def update(batch, rets, **kw):
+        with torch.no_grad():
+            for p, s in zip(params, start, strict=True):
+                p.copy_(s)
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        m, _ = policy_update(tiny_policy, opt, batch, rets, settings, **kw)
+        return m, [p.detach().clone() for p in params]
+
+    keep = [0, 2, 3]
+    m_out, excluded = update(trajs, returns, exclude=[False, True, False, False])
+    m_alone, alone = update([trajs[i] for i in keep], returns[keep])
+    _, everything = update(trajs, returns)
+    assert m_out["num_tokens"] == m_alone["num_tokens"]
+    for a, b in zip(excluded, alone, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(a, b) for a, b in zip(excluded, everything, strict=True))

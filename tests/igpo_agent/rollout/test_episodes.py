@@ -292,6 +292,27 @@ def test_stop_strings_end_turns_with_a_trained_model(tiny_bpe_model_path, bpe_to
         assert traj.token_ids[-1] == tok.eos_token_id or traj.turn_texts[-1].endswith("</answer>")
 
 
+def test_failed_searches_are_recorded(bpe_tokenizer):
+    """A search the env reports as failed (a dead HTTP backend) is counted on the trajectory
+    with its message; the observation is still recorded as the env gave it."""
+    from igpo_agent.rollout.episodes import record_turn, start_episode
+    from igpo_env.retrievers import make_retriever
+
+    tok = bpe_tokenizer
+    dead = make_retriever("http", url="http://127.0.0.1:9", max_retries=0, timeout_s=2.0)
+    env = gym.make("igpo_env:SearchQA-v0", qa=QA, retriever=dead, max_episode_steps=3)
+    settings = GenerationSettings(max_new_tokens=8)
+    ep = start_episode(env, {"index": 0}, 0, 0, plain_prompt_fn(tok), settings, 4096)
+    stats = RolloutStats()
+    for text in ("<search>capital of France</search>", "<search>Paris</search>"):
+        ids = tok.encode(text)
+        record_turn(ep, ids, [0.0] * len(ids), False, tok, 4096, False, stats)
+    traj = ep.traj
+    assert traj.search_failures == 2 and "connection error" in traj.search_error
+    assert traj.turn_kinds == ["search", "search"]
+    assert traj.observations[-1].startswith("\n\n<information>search failed: ")
+
+
 def test_shared_prompts_are_prefilled_once(bpe):
     """G episodes of a question share one prompt prefill; same trajectories as without."""
     model, tok, fn = bpe

@@ -247,6 +247,33 @@ def test_failing_backend_is_an_observation(backend, qa_path: Path) -> None:
         assert env_obs == f"\n\n<information>{obs}</information>\n\n"  # the env's wording
 
 
+def test_a_failed_backend_search_is_reported_not_rewarded(qa_path: Path, caplog) -> None:
+    """A rollout whose search hit a dead server (real HTTP, nothing listening) gets no
+    reward (TRL: unscorable), and the batch's failures are logged; a bad query is the
+    agent's own failure and is scored as usual."""
+    from igpo_env.retrievers import make_retriever
+
+    dead = make_retriever("http", url="http://127.0.0.1:9", max_retries=0, timeout_s=2.0)
+    env = gym.make("SearchQA-v0", qa=str(qa_path), retriever=dead)
+    tools = [SearchQATool(env) for _ in range(3)]
+    for t in tools:
+        t.reset(question="What is the capital of France?", answers=["Paris"])
+    assert tools[0].search(QUERY).startswith("search failed: ")
+    tools[1].search("   ")  # an empty query: invalid, not a backend failure
+    assert tools[0].search_failures == 1 and tools[0].searches[-1]["backend_failed"]
+    assert tools[1].search_failures == 0 and tools[1].searches[-1]["failed"]
+    completions = [[{"role": "assistant", "content": "<answer>Paris</answer>"}]] * 3
+    logged: dict[str, float] = {}
+    with caplog.at_level("WARNING", logger="igpo_env.integrations.trl"):
+        got = answer_reward(completions, environments=tools, log_metric=logged.__setitem__)
+    assert got == [None, 1.0, 1.0] and tools[0].reward is None
+    assert logged["searchqa/search_failures"] == 1.0
+    assert logged["searchqa/search_failure_rate"] == 0.5  # 1 of 2 search calls
+    assert logged["searchqa/unscored"] == pytest.approx(1 / 3)
+    assert "1 of 2 searches failed in the search backend" in caplog.text
+    assert "connection error" in caplog.text
+
+
 def test_only_search_is_exposed_as_a_tool() -> None:
     import inspect
 

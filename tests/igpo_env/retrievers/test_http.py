@@ -155,3 +155,22 @@ def test_factory_and_argument_checks():
     with pytest.raises(ValueError, match="k must be >= 1"):
         r.search(["x"], 0)
     assert r.search([], 3) == []
+
+
+def test_retry_budget_defaults_come_from_the_environment(monkeypatch):
+    plain = HTTPRetriever("http://127.0.0.1:9").client
+    assert (plain.timeout_s, plain.max_retries, plain.backoff_s) == (30.0, 3, 0.5)
+    monkeypatch.setenv("IGPO_HTTP_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("IGPO_HTTP_MAX_RETRIES", "1")
+    monkeypatch.setenv("IGPO_HTTP_BACKOFF_S", "0.01")
+    with scripted_server([("status", 503, {})], search_r1_answer) as srv:
+        r = make_retriever("http", url=srv.url)  # how gym.make and the trainer build it
+        assert (r.client.timeout_s, r.client.max_retries, r.client.backoff_s) == (0.5, 1, 0.01)
+        with pytest.raises(SearchError, match=r"after 2 attempt\(s\)"):
+            r.search(["x"], 1)
+        assert len(srv.requests) == 2
+    explicit = HTTPRetriever("http://127.0.0.1:9", max_retries=5).client
+    assert explicit.max_retries == 5  # an argument wins over the variable
+    monkeypatch.setenv("IGPO_HTTP_MAX_RETRIES", "many")
+    with pytest.raises(ValueError, match="IGPO_HTTP_MAX_RETRIES"):
+        HTTPRetriever("http://127.0.0.1:9")
