@@ -254,6 +254,7 @@ def argv(model: str, run: Path, data: dict, url: str, **over) -> list[str]:
         max_new_tokens=24,
         steps=3,
         eval_questions=0,
+        probe_every=0,  # the probe's own rows are tested in test_probe.py
         save_every=1,
         keep_checkpoints=5,
     )
