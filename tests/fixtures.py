@@ -61,6 +61,36 @@ def plain_prompt_fn(tokenizer: Any) -> Any:
     return lambda text: tokenizer.encode(f"User: {text}\n\nAssistant:")
 
 
+def tiny_train_kwargs(model: Any, corpus: str, qa: str, **over: Any) -> dict[str, Any]:
+    """``TrainConfig`` keyword arguments of a seconds-long CPU run of a tiny model on a
+    fixture corpus and QA file (trained and evaluated on it), ``over`` replacing any."""
+    base: dict[str, Any] = dict(
+        model=str(model),
+        corpus=corpus,
+        train_qa=qa,
+        eval_qa=qa,
+        device="cpu",
+        dtype="float32",
+        threads=1,
+        lora_r=4,
+        lora_alpha=8,
+        lora_targets="q_proj,v_proj",
+        top_k=2,
+        doc_max_words=16,
+        max_turns=2,
+        group_size=2,
+        questions_per_step=2,
+        max_new_tokens=10,
+        micro_batch_size=2,
+        lr=1e-2,
+        steps=2,
+        eval_questions=0,
+        save_every=0,
+        tensorboard=False,
+    )
+    return {**base, **over}
+
+
 TINY_CPU_GRPO: dict[str, Any] = dict(
     num_generations=3,
     learning_rate=1e-2,

@@ -19,7 +19,6 @@ one without.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from igpo_agent.algo.stats import Interval, mean_ci, paired_diff_ci
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
+from igpo_agent.run.summary import read_records, write_records
 
 PROBE_DIR = "probe"
 _ENV_SEED_BASE = 7_919  # keeps the probe's env seeds apart from the training seeds
@@ -131,18 +131,12 @@ def probe_metrics(records: Sequence[dict], group_size: int) -> dict[str, float]:
 
 def write_probe_records(run_dir: str | Path, step: int, records: Sequence[dict]) -> Path:
     """``RUN_DIR/probe/step-STEP.jsonl``."""
-    path = Path(run_dir) / PROBE_DIR / f"step-{step}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+    return write_records(run_dir, PROBE_DIR, f"step-{step}", records)
 
 
 def read_probe_records(run_dir: str | Path, step: int) -> list[dict[str, Any]] | None:
     """The records of :func:`write_probe_records`, or None when that probe did not run."""
-    path = Path(run_dir) / PROBE_DIR / f"step-{step}.jsonl"
-    if not path.is_file():
-        return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(run_dir, PROBE_DIR, f"step-{step}")
 
 
 def paired_reward_change(first: Sequence[dict], last: Sequence[dict]) -> Interval:

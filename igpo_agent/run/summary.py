@@ -155,20 +155,30 @@ def mde_line(flips: dict[str, Any]) -> str:
     )
 
 
-def write_eval_records(run_dir: str | Path, name: str, records: Sequence[dict]) -> Path:
-    """``RUN_DIR/eval/NAME.jsonl``, one record per question."""
-    path = Path(run_dir) / EVAL_DIR / f"{name}.jsonl"
+def write_records(run_dir: str | Path, subdir: str, name: str, records: Sequence[dict]) -> Path:
+    """``RUN_DIR/SUBDIR/NAME.jsonl``, one JSON record a line (eval and probe records)."""
+    path = Path(run_dir) / subdir / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
-def read_eval_records(run_dir: str | Path, name: str) -> list[dict[str, Any]] | None:
-    """The records of ``write_eval_records``, or None when that evaluation did not run."""
-    path = Path(run_dir) / EVAL_DIR / f"{name}.jsonl"
+def read_records(run_dir: str | Path, subdir: str, name: str) -> list[dict[str, Any]] | None:
+    """The records of :func:`write_records`, or None when that file was never written."""
+    path = Path(run_dir) / subdir / f"{name}.jsonl"
     if not path.is_file():
         return None
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_eval_records(run_dir: str | Path, name: str, records: Sequence[dict]) -> Path:
+    """``RUN_DIR/eval/NAME.jsonl``, one record per question."""
+    return write_records(run_dir, EVAL_DIR, name, records)
+
+
+def read_eval_records(run_dir: str | Path, name: str) -> list[dict[str, Any]] | None:
+    """The records of ``write_eval_records``, or None when that evaluation did not run."""
+    return read_records(run_dir, EVAL_DIR, name)
 
 
 def eval_comparison(before: Sequence[dict], after: Sequence[dict]) -> dict[str, Interval]:

@@ -15,7 +15,7 @@ from igpo_agent.evaluate import (
     summarize,
 )
 from igpo_agent.rollout.trajectory import Trajectory
-from tests.fixtures import write_corpus, write_qa
+from tests.fixtures import tiny_train_kwargs, write_corpus, write_qa
 
 
 def _traj(f1: float, em: float, answered: bool = True, ok: bool = True) -> Trajectory:
@@ -88,30 +88,18 @@ def test_evaluate_follows_the_run_and_reproduces_its_final_eval(
         tmp_path / "qa.jsonl",
         [("q1", "Capital of France?", ["Paris"]), ("q2", "Which river?", ["Nile"])],
     )
-    common = dict(
-        model=str(tiny_smol_model_path),
-        corpus=corpus,
-        train_qa=qa,
-        eval_qa=qa,
-        device="cpu",
-        dtype="float32",
-        threads=1,
-        lora_r=4,
-        lora_alpha=8,
-        lora_targets="q_proj,v_proj",
+    common = tiny_train_kwargs(
+        tiny_smol_model_path,
+        corpus,
+        qa,
         top_k=1,
         doc_max_words=7,  # not the evaluator's defaults: they must come from the run
-        max_turns=2,
         max_new_tokens=9,
-        group_size=2,
         questions_per_step=1,
-        micro_batch_size=2,
-        lr=1e-2,
         steps=1,
-        save_every=0,
         probe_every=0,
-        tensorboard=False,
     )
+    del common["eval_questions"]
     train(TrainConfig(run_dir=str(tmp_path / "warm"), eval_questions=0, **common))
     run = tmp_path / "run"  # a warm start merged under a fresh adapter: final is stacked
     train(

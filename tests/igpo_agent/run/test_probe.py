@@ -21,7 +21,7 @@ from igpo_agent.run.probe import (
     run_probe,
 )
 from igpo_agent.train import train
-from tests.fixtures import write_corpus, write_qa
+from tests.fixtures import tiny_train_kwargs, write_corpus, write_qa
 from tests.igpo_agent.test_golden import DOCS, QA
 
 
@@ -77,32 +77,7 @@ def test_probe_draws_the_same_rollouts_every_time(tiny_policy, tmp_path: Path) -
 def _cfg(model: Path, tmp: Path, name: str, **over) -> TrainConfig:
     corpus = write_corpus(tmp / "corpus.jsonl", DOCS)
     qa = write_qa(tmp / "qa.jsonl", QA, dataset="fixture")
-    return TrainConfig(
-        model=str(model),
-        run_dir=str(tmp / name),
-        corpus=corpus,
-        train_qa=qa,
-        eval_qa=qa,
-        device="cpu",
-        dtype="float32",
-        threads=1,
-        lora_r=4,
-        lora_alpha=8,
-        lora_targets="q_proj,v_proj",
-        top_k=2,
-        doc_max_words=16,
-        max_turns=2,
-        group_size=2,
-        questions_per_step=2,
-        max_new_tokens=10,
-        micro_batch_size=2,
-        lr=1e-2,
-        steps=2,
-        eval_questions=0,
-        save_every=0,
-        tensorboard=False,
-        **over,
-    )
+    return TrainConfig(**tiny_train_kwargs(model, corpus, qa, run_dir=str(tmp / name), **over))
 
 
 def test_a_run_with_the_probe_trains_what_one_without_does(
