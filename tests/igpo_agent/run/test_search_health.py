@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -190,12 +191,25 @@ def serve(bm25):
 
     def start(port: int = 0, **kw):
         backend = Backend(bm25, **kw)
-        backend.server = RetrievalServer(backend, port=port).start()
-        started.append(backend.server)
-        return backend.server.url, backend
+        if port:  # a restart: the killed server on this port stops from its own thread
+            for bound, srv in started:
+                if bound == port:
+                    srv.stop()  # joins it
+        deadline = time.monotonic() + 20.0
+        while True:  # ... and the OS may hold the port a moment longer on a loaded machine
+            try:
+                backend.server = RetrievalServer(backend, port=port).start()
+                break
+            except RuntimeError:
+                if not port or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        url = backend.server.url
+        started.append((int(url.rsplit(":", 1)[1]), backend.server))
+        return url, backend
 
     yield start
-    for srv in started:
+    for _, srv in started:
         srv.stop()
 
 
