@@ -199,21 +199,17 @@ class FixedProbe:
     """The fixed probe of a run (:mod:`igpo_agent.run.probe`): its question sample, drawn
     once from the training QA set, and how to run and log it."""
 
-    def __init__(self, cfg: TrainConfig, envs: list) -> None:
+    def __init__(self, cfg: TrainConfig, envs: list, settings: GenerationSettings) -> None:
         self.cfg = cfg
         self.envs = envs
         self.subset = eval_subset(envs[0], cfg.probe_questions, cfg.probe_seed, cfg.train_qa)
-        self.settings = GenerationSettings(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_context=cfg.max_context,
-        )
+        self.settings = settings  # the training rollouts' (same temperature, top-p, bounds)
 
     def due(self, step: int) -> bool:
-        """Whether the probe runs after ``step`` (0: before training)."""
+        """Whether the probe runs after training step ``step`` (before training it always
+        does, when it is on)."""
         every = self.cfg.probe_every
-        return every > 0 and (step == 0 or step % every == 0 or step == self.cfg.steps)
+        return every > 0 and (step % every == 0 or step == self.cfg.steps)
 
     def run(self, engine: Engine, step: int) -> dict[str, float]:
         """Sample the probe, write its rollouts and return its ``probe/...`` metrics."""
@@ -359,7 +355,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     scorer = make_belief_scorer(ig_method, policy, engine) if cfg.algo == "igpo" else None
     last: dict[str, float] = {}
     guard = SH.TrainerGuard(cfg, policy, optimizer, scheduler, gen, sampler, world)
-    probe = FixedProbe(cfg, envs) if cfg.probe_every and world.is_main else None
+    probe = FixedProbe(cfg, envs, settings) if cfg.probe_every and world.is_main else None
     if start == 0 and (cfg.eval_questions != 0 or cfg.probe_every):  # the same on every rank
         if eval_envs:
             with guard.evaluation(0, 0, logger):

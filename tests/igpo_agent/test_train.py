@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from igpo_agent.config import TrainConfig
 from igpo_agent.run.export import exported_steps, read_batch
 from igpo_agent.train import QuestionSampler, lr_lambda, train
-from tests.fixtures import write_corpus, write_qa
+from tests.fixtures import tiny_train_kwargs, write_corpus, write_qa
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
@@ -55,31 +55,9 @@ def data(tmp_path_factory) -> dict[str, str]:
 
 
 def _config(model: Path, run_dir: Path, data: dict[str, str], **over) -> TrainConfig:
-    base = dict(
-        model=str(model),
-        run_dir=str(run_dir),
-        device="cpu",
-        dtype="float32",
-        threads=1,
-        lora_r=4,
-        lora_alpha=8,
-        lora_targets="q_proj,v_proj",
-        top_k=2,
-        doc_max_words=16,
-        max_turns=2,
-        group_size=2,
-        questions_per_step=2,
-        max_new_tokens=12,
-        micro_batch_size=2,
-        lr=1e-2,
-        steps=3,
-        eval_questions=0,
-        save_every=1,
-        tensorboard=False,
-        **data,
-    )
-    base.update(over)
-    return TrainConfig(**base)
+    kw = tiny_train_kwargs(model, data["corpus"], data["train_qa"], run_dir=str(run_dir))
+    kw.update(eval_qa=data["eval_qa"], max_new_tokens=12, steps=3, save_every=1)
+    return TrainConfig(**{**kw, **over})
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
