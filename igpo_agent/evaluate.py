@@ -14,15 +14,12 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
-
-import yaml
 
 import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent.cli import parse_options
@@ -41,7 +38,13 @@ from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.run import logging_utils as K
 from igpo_agent.run import search_health as SH
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_strata
-from igpo_agent.run.handover import run_final_records, run_settings, same_answers, settings_line
+from igpo_agent.run.handover import (
+    adapter_in,
+    run_final_records,
+    run_settings,
+    same_answers,
+    settings_line,
+)
 from igpo_agent.run.subsets import describe, stratified_indices
 from igpo_agent.run.summary import episode_record, retrieval_line
 
@@ -272,30 +275,29 @@ class EvalConfig(SearchHealthOptions, GenerationOptions, EnvOptions, EvalSeedOpt
 
 
 def parse_config(argv: list[str] | None = None) -> EvalConfig:
-    """``--config FILE.yaml`` then ``--field value`` overrides (:func:`igpo_agent.cli.parse_options`),
-    on top of the settings of the ``--adapter``'s run (:func:`run_settings`)."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--adapter")
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    adapter = known.adapter
-    if adapter is None and known.config and Path(known.config).is_file():
-        adapter = (yaml.safe_load(Path(known.config).read_text()) or {}).get("adapter")
-    base, _ = run_settings(adapter)
-    return parse_options(
+    """``--config FILE.yaml``, then flags, over the ``--adapter``'s run settings."""
+    return _parse_with_run(argv)[0]
+
+
+def _parse_with_run(
+    argv: list[str] | None,
+) -> tuple[EvalConfig, dict[str, Any], Path | None]:
+    """:func:`parse_config`, plus the run settings it started from and their file."""
+    base, run_config = run_settings(adapter_in(argv))
+    args = parse_options(
         EvalConfig,
         argv,
         prog="python -m igpo_agent.evaluate",
         description="Greedy search-agent evaluation: EM / F1 / cover-EM per dataset.",
         base=base,
     )
+    return args, base, run_config
 
 
 @SH.exit_on_outage  # a search backend outage: a clear message and exit status 3
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table and optionally writes JSON/Markdown/JSONL."""
-    args = parse_config(argv)
-    base, run_config = run_settings(args.adapter)
+    args, base, run_config = _parse_with_run(argv)
     if run_config is not None:
         print(
             f"settings of the adapter's run ({run_config}) unless overridden: "

@@ -9,6 +9,7 @@ and can say whether it reproduced the run's own final evaluation (:func:`same_an
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ HANDED_OVER = (
 """The settings an adapter's run hands to its evaluation: model and precision, the env, how
 turns are generated (at temperature 0), and which questions (with ``eval_qa`` -> ``qa``,
 ``eval_questions`` -> ``questions``) in batches of the same size."""
+
+
+def adapter_in(argv: list[str] | None) -> str | None:
+    """The ``--adapter`` a command line names, directly or in its ``--config`` YAML file."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--adapter")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.adapter is None and known.config and Path(known.config).is_file():
+        return (yaml.safe_load(Path(known.config).read_text()) or {}).get("adapter")
+    return known.adapter
 
 
 def find_run_config(adapter: str | Path) -> Path | None:
