@@ -12,7 +12,14 @@ import typing
 from typing import Any, Literal
 
 Algo = Literal["igpo", "grpo"]
-"""igpo: IG turn rewards + outcome; grpo: outcome only (docs/ALGORITHM.md "Options")."""
+"""The advantage rule: igpo: IG turn rewards + outcome; grpo: outcome only
+(docs/ALGORITHM.md "Options")."""
+TrainAlgo = Literal["igpo", "grpo", "rft"]
+"""What the trainer optimises: an :data:`Algo` advantage, or rft (rejection-sampling
+fine-tuning: supervised steps on the policy's own rollouts that score ``rft_min_f1``)."""
+DynamicSampling = Literal["off", "outcome", "advantage"]
+"""Which sampled groups train: all (off), those whose outcomes differ (outcome, DAPO), or
+those with any non-zero advantage (advantage: for IGPO, IG contrast counts too)."""
 IGMode = Literal["log_prob_diff", "prob_diff"]
 """IG as the change in log p(gold) (v2, default) or in p(gold) (v1)."""
 NormMode = Literal["separate", "joint"]

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 from igpo_agent import cli
 from igpo_agent.choices import (
-    Algo,
     Autocast,
+    DynamicSampling,
     IGMethod,
     IGMode,
     IGTurns,
@@ -29,6 +29,7 @@ from igpo_agent.choices import (
     LossAgg,
     LRSchedule,
     NormMode,
+    TrainAlgo,
 )
 from igpo_agent.options import (
     EnvOptions,
@@ -72,14 +73,37 @@ class TrainConfig(
     train_qa: str = opt(
         "default:train", "env", "Training questions: default:SPLIT or a JSONL path."
     )
+    train_reachable: bool = opt(
+        False,
+        "env",
+        "Train only on questions whose gold answer a search with the question itself "
+        "retrieves (at this top_k and doc_max_words; computed once and cached, "
+        "igpo_agent.run.reachable). The probe keeps sampling the whole training set.",
+    )
     # --- rollout ---
     group_size: int = opt(4, "rollout", "G: rollouts per question; advantages normalise per group.")
     questions_per_step: int = opt(2, "rollout", "Questions per training step.")
+    dynamic_sampling: DynamicSampling = opt(
+        "off",
+        "rollout",
+        "DAPO's dynamic sampling: roll out oversample x questions_per_step questions and "
+        "train on the first questions_per_step groups with a signal: outcome (outcomes not "
+        "all equal) or advantage (any non-zero advantage, IG included); off trains on all.",
+    )
+    oversample: int = opt(
+        2, "rollout", "With dynamic_sampling: questions sampled per trained question (>= 1)."
+    )
     temperature: float = opt(1.0, "rollout", "Sampling temperature (> 0).")
     top_p: float = opt(1.0, "rollout", "Nucleus sampling mass in (0, 1].")
     # --- algorithm ---
-    algo: Algo = opt(
-        "igpo", "algorithm", "igpo (IG turn rewards + outcome) or grpo (outcome only)."
+    algo: TrainAlgo = opt(
+        "igpo",
+        "algorithm",
+        "igpo (IG turn rewards + outcome), grpo (outcome only) or rft (rejection-sampling "
+        "fine-tuning: supervised steps on the rollouts that score rft_min_f1).",
+    )
+    rft_min_f1: float = opt(
+        1.0, "algorithm", "With algo=rft: the F1 a well-formed rollout needs to be imitated."
     )
     ig_mode: IGMode = opt(
         "log_prob_diff", "algorithm", "IG reward: log_prob_diff (v2) or prob_diff (v1)."
@@ -187,9 +211,16 @@ class TrainConfig(
 
     # derived values ---------------------------------------------------------------------
     @property
+    def sampled_questions_per_step(self) -> int:
+        """Questions rolled out per step: questions_per_step, x oversample with dynamic sampling."""
+        if self.dynamic_sampling == "off":
+            return self.questions_per_step
+        return self.questions_per_step * self.oversample
+
+    @property
     def rollouts_per_step(self) -> int:
-        """Trajectories generated per step: questions_per_step * group_size."""
-        return self.questions_per_step * self.group_size
+        """Trajectories generated per step: sampled_questions_per_step * group_size."""
+        return self.sampled_questions_per_step * self.group_size
 
     def _check(self, e: list[str]) -> None:
         _check_train(self, e)
@@ -221,10 +252,14 @@ def _check_train(cfg: TrainConfig, e: list[str]) -> None:
         )
     if cfg.questions_per_step < 1:
         e.append(f"questions_per_step={cfg.questions_per_step}: use a value >= 1")
+    if cfg.oversample < 1:
+        e.append(f"oversample={cfg.oversample}: use a value >= 1 (1: filter without extra)")
+    if not 0 < cfg.rft_min_f1 <= 1:
+        e.append(f"rft_min_f1={cfg.rft_min_f1}: use a value in (0, 1]")
     if cfg.micro_batch_size < 1:
         e.append(f"micro_batch_size={cfg.micro_batch_size}: use a value >= 1")
     elif cfg.questions_per_step >= 1 and cfg.group_size >= 1:
-        n = cfg.rollouts_per_step
+        n = cfg.questions_per_step * cfg.group_size  # the most a step trains on
         if n % cfg.micro_batch_size:
             fits = [d for d in range(1, n + 1) if n % d == 0]
             e.append(
@@ -232,7 +267,7 @@ def _check_train(cfg: TrainConfig, e: list[str]) -> None:
                 f"{n} rollouts per step (questions_per_step * group_size); use one of {fits}"
             )
     if cfg.ppo_mini_batch_size is not None:
-        n = cfg.rollouts_per_step
+        n = cfg.questions_per_step * cfg.group_size
         if cfg.ppo_mini_batch_size < 1 or n % cfg.ppo_mini_batch_size:
             fits = [d for d in range(1, n + 1) if n % d == 0]
             e.append(

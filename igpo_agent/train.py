@@ -29,6 +29,7 @@ from igpo_agent.evaluate import (
     results_table,
 )
 from igpo_agent.ig.scorer import make_belief_scorer
+from igpo_agent.learn.batch import training_rows
 from igpo_agent.learn.learner import (
     LossSettings,
     belief_matrix,
@@ -53,6 +54,7 @@ from igpo_agent.run.checkpoint import (
 from igpo_agent.run.envs import env_kwargs_from, make_envs, question_count
 from igpo_agent.run.export import batch_records
 from igpo_agent.run.probe import probe_metrics, probe_records, run_probe, write_probe_records
+from igpo_agent.run.reachable import reachable_indices
 from igpo_agent.run.summary import (
     answer_flips,
     episode_record,
@@ -245,7 +247,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
 
 def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     D.check_divisible(cfg.questions_per_step, world)
-    local_questions = cfg.questions_per_step // world.world_size
+    if world.enabled and cfg.dynamic_sampling != "off":
+        raise ValueError(
+            "dynamic_sampling keeps a different number of groups on each rank, which the "
+            "data-parallel update does not support yet: run it in one process"
+        )
+    local_questions = cfg.sampled_questions_per_step // world.world_size
     configure_torch_threads(cfg.threads)
     seed_everything(cfg.seed)
     lora = None
@@ -282,7 +289,15 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             **env_kwargs_from(cfg, cfg.eval_qa),
         )
     SH.preflight(envs[0], cfg.retriever)  # one real query: a dead backend stops the run here
-    sampler = QuestionSampler(question_count(envs[0]), cfg.seed)
+    pool = list(range(question_count(envs[0])))  # the questions training samples from
+    if cfg.train_reachable:
+        pool = reachable_indices(cfg.env_id, env_kwargs_from(cfg, cfg.train_qa))
+        if world.is_main:
+            print(
+                f"training on the {len(pool)} of {question_count(envs[0])} questions whose "
+                "gold a search with the question retrieves (--train_reachable)"
+            )
+    sampler = QuestionSampler(len(pool), cfg.seed)
     gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, world.rank))
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -370,7 +385,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     for step in range(start + 1, cfg.steps + 1):
         t_step = time.perf_counter()
         snap = guard.snapshot(rollouts_seen)  # what a resume of this step needs
-        questions = sampler.next(cfg.questions_per_step)  # the same on every rank
+        questions = [pool[i] for i in sampler.next(cfg.sampled_questions_per_step)]  # all ranks
         tasks = [{"index": i} for i in D.rank_slice(questions, world)]
         stats = RolloutStats()
         trajs = engine.rollout(
@@ -401,7 +416,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             trajs,
             values,
             group_size=cfg.group_size,
-            algo=cfg.algo,
+            algo="grpo" if cfg.algo == "rft" else cfg.algo,  # rft: outcome groups, for the logs
             ig_mode=cfg.ig_mode,
             norm=cfg.norm,
             gamma=cfg.gamma,
@@ -411,11 +426,27 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ig_exclude_zero=cfg.ig_exclude_zero,
             exclude=SH.excluded(trajs),  # a rollout with a failed search: out of its group
         )
-        dp: dict[str, Any] = {"exclude": SH.excluded(trajs)}  # ... and out of the loss
+        chosen = training_rows(  # rft targets, dynamic sampling's groups
+            trajs,
+            adv.returns,
+            outcome,
+            group_size=cfg.group_size,
+            algo=cfg.algo,
+            dynamic=cfg.dynamic_sampling,
+            want=None if cfg.dynamic_sampling == "off" else cfg.questions_per_step,
+            rft_min_f1=cfg.rft_min_f1,
+            exclude=SH.excluded(trajs),  # ... and out of the loss
+        )
+        dp: dict[str, Any] = {"exclude": chosen.exclude}
         if world.enabled:  # global normalisers + summed gradients = the full-batch steps
             dp["global_count"] = lambda count: D.all_reduce_sum(count, world)
             dp["reduce_grads"] = lambda params: D.all_reduce_grads(params, world)
-        loss_m, timing = policy_update(policy, optimizer, trajs, adv.returns, loss_settings, **dp)
+        batch = [trajs[i] for i in chosen.rows]
+        loss_m, timing = {}, {"old_logprobs_s": 0.0, "update_s": 0.0}
+        if batch:  # dynamic sampling may find no group with a signal
+            loss_m, timing = policy_update(
+                policy, optimizer, batch, chosen.returns, loss_settings, **dp
+            )
         D.maybe_dump_trainable(policy.model, step, world)
         lr_now = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -445,6 +476,11 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         }
         if cfg.algo == "igpo":
             metrics[K.IG_WEIGHT] = ig_weight
+        if cfg.dynamic_sampling != "off":
+            metrics[K.SIGNAL_GROUPS] = chosen.signal_groups
+            metrics[K.KEPT_GROUPS] = chosen.kept_groups
+        if cfg.algo == "rft":
+            metrics[K.RFT_KEPT] = chosen.rft_kept
         if cfg.algo == "igpo":
             for k, v in enumerate(mean_ig_per_turn(adv.ig, adv.turn_mask.sum(1)).tolist()):
                 if v == v:  # not NaN

@@ -1,3 +1,4 @@
+# Over 400 lines: the PPO update and the helpers only it uses (padding, micro-batches, skipped rows) in one place.
 """One IGPO/GRPO update from a batch of trajectories: beliefs -> advantages -> loss -> step.
 
 The glue between the pure math (:mod:`rewards`, :mod:`advantages`, :mod:`loss`) and the
@@ -54,6 +55,13 @@ class LossSettings:
     max_grad_norm: float = 1.0
     temperature: float = 1.0  # the sampling temperature: learner log-probs use logits / T
     autocast: torch.dtype | None = None  # e.g. bf16: forwards under autocast, loss in fp32
+    skip_zero_advantage: bool = True  # no forward/backward for rows whose loss is 0 (below)
+
+    def skips_zero_rows(self) -> bool:
+        """Whether rows with advantage 0 on every token may skip the forward and backward:
+        with no KL and no entropy term their loss and gradient are exactly 0 (they still
+        count in the normaliser, so the step is the same)."""
+        return self.skip_zero_advantage and self.kl_coef == 0 and self.entropy_coef == 0
 
     def mini_batches(self, n: int) -> list[slice]:
         """The optimiser steps of one epoch over ``n`` trajectories (adjacent rows each)."""
@@ -193,10 +201,27 @@ def _micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _trim(batch: dict[str, torch.Tensor], sl: slice) -> dict[str, torch.Tensor]:
-    """Rows ``sl`` with the columns cut to their longest sequence (less padding compute)."""
-    width = int(batch["attention_mask"][sl].sum(1).max())
-    return {k: v[sl, :width] for k, v in batch.items()}
+def _chunks(rows: Sequence[int], size: int) -> list[list[int]]:
+    """``rows`` in consecutive chunks of ``size`` (the micro-batches)."""
+    rows = list(rows)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _trim(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``rows`` with the columns cut to their longest sequence (less padding compute)."""
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    width = int(batch["attention_mask"][idx].sum(1).max())
+    return {k: v[idx, :width] for k, v in batch.items()}
+
+
+def _live_rows(batch: dict[str, torch.Tensor], skip_zero: bool) -> list[bool]:
+    """Per row: whether its forward and backward are needed (it has an action token and,
+    with ``skip_zero``, a non-zero advantage on one)."""
+    act = batch["action_mask"]
+    live = act.any(1)
+    if skip_zero:
+        live = live & ((batch["advantages"] != 0) & act).any(1)
+    return [bool(x) for x in live]
 
 
 def _autocast(policy: Any, dtype: torch.dtype | None) -> Any:
@@ -213,15 +238,18 @@ def _logprobs(
     size: int,
     temperature: float,
     autocast: torch.dtype | None = None,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
+    """(N, L) action log-probs of ``rows`` (default: all), ``size`` rows per forward; 0 elsewhere."""
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-    for sl in _micro_batches(batch["input_ids"].shape[0], size):
-        mb = _trim(batch, sl)
+    rows = range(batch["input_ids"].shape[0]) if rows is None else rows
+    for chunk in _chunks(rows, size):
+        mb = _trim(batch, chunk)
         with _autocast(policy, autocast):
             lp, _ = policy.action_logprobs(
                 mb["input_ids"], mb["attention_mask"], mb["action_mask"], temperature=temperature
             )
-        out[sl, : lp.shape[1]] = lp.float().cpu()
+        out[torch.tensor(chunk), : lp.shape[1]] = lp.float().cpu()
     return out
 
 
@@ -255,6 +283,15 @@ def policy_update(
     so its log-probs are the detached current ones (exact, one forward cheaper); with more
     they are computed once, before the first step. All log-probs use ``temperature``.
 
+    No pass the loss does not need: no reference forward without a KL term, and (with
+    ``settings.skips_zero_rows()``: no KL, no entropy term) no pi_old forward, forward or
+    backward for a row whose advantage is 0 on every token, e.g. a group whose outcomes
+    are all equal under GRPO. Such a row's loss and gradient are exactly 0; it still
+    counts in the normaliser, and a mini-batch left with no row still takes its
+    optimiser step on a zero gradient (Adam's moments move as they would), so the update
+    is the one the full computation gives. The loss metrics then average over the rows
+    that ran; ``skipped_rows`` counts the others.
+
     A step whose gradient norm is not finite is skipped (no optimiser step, gradients
     dropped) and counted in ``skipped_steps``: AdamW would otherwise write NaN into the
     adapter.
@@ -283,11 +320,13 @@ def policy_update(
     t0 = time.perf_counter()
     n_steps = settings.optimizer_steps(len(trajs))
     cast = settings.autocast
-    old = _logprobs(policy, batch, mbs, temp, cast) if n_steps > 1 else None
+    live = _live_rows(batch, settings.skips_zero_rows())
+    live_rows = [i for i, x in enumerate(live) if x]
+    old = _logprobs(policy, batch, mbs, temp, cast, live_rows) if n_steps > 1 else None
     ref = None
     if settings.kl_coef > 0:
         with policy.reference():
-            ref = _logprobs(policy, batch, mbs, temp, cast)
+            ref = _logprobs(policy, batch, mbs, temp, cast, live_rows)
     timings["old_logprobs_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -306,11 +345,8 @@ def policy_update(
             if count <= 0:
                 continue
             optimizer.zero_grad(set_to_none=True)
-            for sl in _micro_batches(mini.stop - mini.start, mbs):
-                rows = slice(mini.start + sl.start, mini.start + sl.stop)
+            for rows in _chunks([i for i in range(mini.start, mini.stop) if live[i]], mbs):
                 mb = _trim(batch, rows)
-                if not bool(mb["action_mask"].any()):
-                    continue
                 width = mb["input_ids"].shape[1]
                 with _autocast(policy, cast):
                     logp, ent = policy.action_logprobs(
@@ -346,6 +382,9 @@ def policy_update(
                 for k, v in m.items():
                     if k not in _UNWEIGHTED and math.isfinite(v):
                         sums[k] = sums.get(k, 0.0) + v * w
+            for p in params:  # rows that skipped (or a rank with none) give a zero gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             if reduce_grads is not None:
                 reduce_grads(params)
             norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
@@ -365,6 +404,7 @@ def policy_update(
     metrics["optimizer_steps"] = float(len(grad_norms))
     metrics["skipped_steps"] = float(skipped)
     metrics["num_tokens"] = float(mask.sum())
+    metrics["skipped_rows"] = float(sum(1 for i, x in enumerate(live) if not x and mask[i].any()))
     return metrics, timings
 
 

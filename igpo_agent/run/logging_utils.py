@@ -47,6 +47,9 @@ SKIPPED_STEPS = "losses/skipped_steps"
 OPTIMIZER_STEPS = "losses/optimizer_steps"
 ALL_EQUAL_GROUPS = "charts/all_equal_outcome_groups"
 NONZERO_ADV_TOKENS = "charts/nonzero_advantage_tokens"
+SIGNAL_GROUPS = "charts/signal_groups"  # dynamic sampling: sampled groups with a signal
+KEPT_GROUPS = "charts/kept_groups"  # ... and the ones the update trained on
+RFT_KEPT = "charts/rft_kept_rollouts"  # rft: rollouts imitated this step
 IG_WEIGHT = "charts/ig_weight"
 SEARCH_FAILURES = "charts/search_failures"
 SEARCH_FAILURE_RATE = "charts/search_failure_rate"
@@ -124,6 +127,9 @@ METRICS: dict[str, str] = {
     SKIPPED_STEPS: "optimiser steps skipped because the gradient norm was not finite",
     OPTIMIZER_STEPS: "optimiser steps taken on this rollout batch (epochs x mini-batches)",
     ALL_EQUAL_GROUPS: "share of groups whose outcome rewards are all equal (no GRPO signal)",
+    SIGNAL_GROUPS: "dynamic sampling: sampled groups with a signal (outcome or advantage)",
+    KEPT_GROUPS: "dynamic sampling: groups the update trained on (questions_per_step at most)",
+    RFT_KEPT: "rft: rollouts that scored rft_min_f1 and were imitated",
     NONZERO_ADV_TOKENS: "share of trained tokens with a non-zero advantage",
     IG_WEIGHT: "weight of the normalised IG rewards at this step",
     SEARCH_FAILURES: "searches of the step whose backend failed (all ranks)",

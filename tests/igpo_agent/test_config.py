@@ -97,7 +97,7 @@ def test_missing_config_file_is_clear(capsys):
         ({"lr": 0.0}, "positive learning rate"),
         ({"temperature": 0.0}, "temperature > 0"),
         ({"top_p": 1.5}, "top_p=1.5"),
-        ({"algo": "ppo"}, "algo='ppo' is not one of ('igpo', 'grpo')"),
+        ({"algo": "ppo"}, "algo='ppo' is not one of ('igpo', 'grpo', 'rft')"),
         ({"ig_mode": "diff"}, "ig_mode='diff'"),
         ({"norm": "batch"}, "norm='batch'"),
         ({"loss_agg": "sum"}, "loss_agg='sum'"),

@@ -156,3 +156,70 @@ def test_live_ig_trains_like_packed(
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
     metrics = [json.loads(x) for x in (runs["live"] / "metrics.jsonl").read_text().splitlines()]
     assert all(r["time/info_gain_s"] > 0 for r in metrics if "losses/policy" in r)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dynamic_sampling_trains_on_groups_with_a_signal(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = _config(
+        tiny_smol_model_path,
+        tmp_path / "run",
+        data,
+        steps=2,
+        save_every=0,
+        dynamic_sampling="advantage",
+        oversample=2,
+        ig_turns="all",  # the random model never searches: IG on every turn but the last
+    )
+    train(cfg)
+    rows = [r for r in _rows(tmp_path / "run") if "charts/kept_groups" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert 0 <= r["charts/kept_groups"] <= min(r["charts/signal_groups"], 2)
+    assert rows[-1]["charts/rollouts_seen"] == 2 * (2 * 2) * 2  # every sampled rollout counts
+
+
+def test_rft_never_imitates_a_rollout_below_the_bar(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path
+) -> None:
+    """The random model never answers right: RFT keeps nothing and the adapter stays put."""
+    init = _config(tiny_smol_model_path, tmp_path / "zero", data, steps=0, eval_questions=0)
+    train(init)
+    cfg = _config(tiny_smol_model_path, tmp_path / "rft", data, algo="rft", steps=2, save_every=0)
+    train(cfg)
+    rows = [r for r in _rows(tmp_path / "rft") if "charts/rft_kept_rollouts" in r]
+    assert [r["charts/rft_kept_rollouts"] for r in rows] == [0.0, 0.0]
+    a = load_file(str(tmp_path / "zero" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "rft" / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_reachable_samples_only_reachable_questions(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("IGPO_CACHE_DIR", str(tmp_path / "cache"))
+    qa = [*QA, ("q5", "Who painted the Mona Lisa?", ["Leonardo da Vinci"])]  # in no document
+    train_qa = write_qa(tmp_path / "qa.jsonl", qa, dataset="fixture")
+    cfg = _config(
+        tiny_smol_model_path,
+        tmp_path / "run",
+        {**data, "train_qa": train_qa},
+        train_reachable=True,
+        steps=2,
+        top_k=1,
+    )
+    from igpo_agent.run.envs import env_kwargs_from
+    from igpo_agent.run.reachable import reachable_indices
+
+    reach = reachable_indices(cfg.env_id, env_kwargs_from(cfg, cfg.train_qa), progress=False)
+    assert 0 < len(reach) < len(qa)
+    train(cfg)
+    qids = {qa[i][0] for i in reach}
+    seen = set()
+    for f in (tmp_path / "run" / "rollouts").glob("step-*.jsonl"):
+        seen |= {json.loads(x)["qid"] for x in f.read_text().splitlines()}
+    assert seen and seen <= qids

@@ -310,3 +310,86 @@ def test_excluded_rollouts_do_not_reach_the_update(tiny_policy, envs):
     for a, b in zip(excluded, alone, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert any(not torch.allclose(a, b) for a, b in zip(excluded, everything, strict=True))
+
+
+@pytest.mark.parametrize("mini", [None, 2])
+def test_rows_with_zero_advantage_skip_their_passes_and_the_step_is_unchanged(
+    tiny_policy, envs, monkeypatch, mini
+):
+    """No KL, no entropy: rows whose advantage is 0 everywhere run no forward or backward,
+    and the update (mini=2: a whole zero mini-batch, stepped on a zero gradient) equals the
+    full computation's."""
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    returns = returns.clone()
+    returns[2:] = 0.0  # the second group carries no signal
+    assert bool(returns[:2].abs().sum() > 0)
+    params = tiny_policy.trainable_parameters()
+    start = [p.detach().clone() for p in params]
+
+    def update(skip):
+        with torch.no_grad():
+            for p, s in zip(params, start, strict=True):
+                p.copy_(s)
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        settings = LossSettings(
+            micro_batch_size=1,
+            ppo_mini_batch_size=mini,
+            ppo_epochs=2,
+            kl_coef=0.0,
+            entropy_coef=0.0,
+            skip_zero_advantage=skip,
+        )
+        calls = _recording_loss(monkeypatch)
+        m, _ = policy_update(tiny_policy, opt, trajs, returns, settings)
+        return m, len(calls), [p.detach().clone() for p in params]
+
+    m_skip, n_skip, skipped = update(True)
+    m_full, n_full, full = update(False)
+    assert m_skip["skipped_rows"] == 2 and m_full["skipped_rows"] == 0
+    assert n_skip == n_full - 2 * 2  # two rows x two epochs fewer forwards
+    assert m_skip["optimizer_steps"] == m_full["optimizer_steps"]
+    for a, b in zip(skipped, full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(a, s) for a, s in zip(skipped, start, strict=True))
+
+
+def test_zero_rows_still_run_when_the_kl_or_entropy_term_needs_them(tiny_policy, envs):
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    returns = returns.clone()
+    returns[2:] = 0.0
+    opt = torch.optim.AdamW(tiny_policy.trainable_parameters(), lr=0.0)
+    for kw in ({"kl_coef": 0.01, "entropy_coef": 0.0}, {"kl_coef": 0.0, "entropy_coef": 0.01}):
+        m, _ = policy_update(tiny_policy, opt, trajs, returns, LossSettings(**kw))
+        assert m["skipped_rows"] == 0
+
+
+def test_rft_step_is_the_supervised_step_on_the_kept_rollouts(tiny_policy, envs):
+    """Advantage 1 on the kept rows, the others out of the loss: the update's gradient is
+    the NLL gradient of the kept rows' agent tokens (token mean), computed by hand."""
+    from igpo_agent.algo.selection import rft_returns
+
+    trajs, returns = _scored(tiny_policy, envs, seed=1)
+    kept = [True, False, True, False]
+    turns = torch.tensor([max(t.num_turns, 1) for t in trajs])
+    mask = torch.arange(returns.shape[1])[None, :] < turns[:, None]
+    targets = rft_returns(mask, kept)
+    params = tiny_policy.trainable_parameters()
+    start = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=1.0)
+    settings = LossSettings(kl_coef=0.0, entropy_coef=0.0, max_grad_norm=1e9)
+    policy_update(tiny_policy, opt, trajs, targets, settings, exclude=[not k for k in kept])
+    step = [s - p.detach() for p, s in zip(params, start, strict=True)]  # = the gradient
+
+    with torch.no_grad():
+        for p, s in zip(params, start, strict=True):
+            p.copy_(s)
+    rows = [trajs[i] for i, k in enumerate(kept) if k]
+    b = pad_batch(rows, tiny_policy.tokenizer.pad_token_id)
+    tiny_policy.model.train()
+    logp, _ = tiny_policy.action_logprobs(b["input_ids"], b["attention_mask"], b["action_mask"])
+    act = b["action_mask"][:, : logp.shape[1]]
+    nll = -(logp * act).sum() / act.sum()
+    grads = torch.autograd.grad(nll, params, allow_unused=True)
+    tiny_policy.model.eval()
+    for g, s in zip(grads, step, strict=True):
+        torch.testing.assert_close(s, torch.zeros_like(s) if g is None else g, atol=1e-6, rtol=1e-4)
