@@ -310,9 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = Policy.load(
         args.model, device=args.device, dtype=args.dtype, init_adapter=args.adapter
     )
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=0.0, max_context=args.max_context
-    )
+    gen = {k: getattr(args, k) for k in ("max_new_tokens", "max_context", "answer_eos")}
+    settings = GenerationSettings(temperature=0.0, **gen)
     engine = make_engine(args.engine, policy, dtype=args.vllm_dtype, threads=args.vllm_threads)
     results: list[DatasetResult] = []
     episodes: list[dict[str, Any]] = []

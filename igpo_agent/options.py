@@ -236,6 +236,13 @@ class GenerationOptions(Options):
         None, "generation", "torch threads inside vLLM calls (CPU); none = every CPU."
     )
     max_context: int | None = opt(None, "generation", "Stop an episode past this many tokens.")
+    answer_eos: bool = opt(
+        False,
+        "generation",
+        "The answer turn ends with the end-of-sequence token after </answer> (trained by sft, "
+        "sampled by train and evaluate), as a chat model ends its reply; off: it ends at "
+        "</answer>. A warm start and the runs from it should agree.",
+    )
 
     def _check(self, e: list[str]) -> None:
         if self.max_new_tokens < 1:

@@ -208,6 +208,7 @@ def run_eval(
         engine=engine,
         max_new_tokens=args.max_new_tokens,
         max_context=args.max_context,
+        answer_eos=args.answer_eos,
         progress=label,
     )
     secs = time.perf_counter() - t0
@@ -268,6 +269,7 @@ def sft(args: SFTConfig) -> dict[str, float]:
         seed=args.seed,
         unfound_rate=args.unfound_rate,
         max_turn_tokens=args.max_new_tokens,
+        answer_eos_id=policy.tokenizer.eos_token_id if args.answer_eos else None,
     )
     env.close()
     _report_demos(stats, len(demos), args.examples, time.perf_counter() - t0)

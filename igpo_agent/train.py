@@ -158,6 +158,7 @@ def run_eval(
         progress=label,
         max_new_tokens=cfg.max_new_tokens,
         max_context=cfg.max_context,
+        answer_eos=cfg.answer_eos,
     )
     failed = SH.check_eval(trajs, cfg.max_search_failure_rate, label, cfg.retriever)
     records = [episode_record(t) for t in trajs]
@@ -328,6 +329,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         max_context=cfg.max_context,
+        answer_eos=cfg.answer_eos,
     )
 
     start, rollouts_seen = 0, 0

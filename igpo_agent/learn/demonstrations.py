@@ -17,8 +17,10 @@ must score F1 = 1. Only episodes that pass are kept. The record is the same as a
 (:mod:`igpo_agent.rollout.episodes`): ``prompt_fn(prompt_text)`` ids, then each agent turn as
 ``tokenizer.encode(text, add_special_tokens=False)`` (an ``action`` span), each observation
 encoded the same way (an ``observation`` span), nothing inserted between them. A turn ends
-at its stop string (``</search>``, ``</answer>``), exactly where the sampler stops it, so
-no EOS is appended: the RL rollouts never generate one after a stop string either.
+at its stop string (``</search>``, ``</answer>``), exactly where the sampler stops it. With
+``answer_eos_id`` (sft's ``--answer_eos``) the answer turn also carries the end-of-sequence
+token after ``</answer>``: the agent learns to end the episode as a chat model ends its
+reply, and RL with ``answer_eos`` samples up to that token.
 """
 
 from __future__ import annotations
@@ -176,13 +178,23 @@ class _TooLong(_Reject):
 class _Recorder:
     """Steps one env episode with scripted turns, recording spans like a rollout does."""
 
-    def __init__(self, env: gym.Env, traj: Trajectory, tokenizer: Any, max_turn_tokens: int):
+    def __init__(
+        self,
+        env: gym.Env,
+        traj: Trajectory,
+        tokenizer: Any,
+        max_turn_tokens: int,
+        answer_eos_id: int | None = None,
+    ):
         self.env, self.traj, self.tokenizer = env, traj, tokenizer
         self.max_turn_tokens = max_turn_tokens
+        self.answer_eos_id = answer_eos_id
 
-    def step(self, text: str) -> tuple[str, float, bool, dict[str, Any]]:
+    def step(self, text: str, *, final: bool = False) -> tuple[str, float, bool, dict[str, Any]]:
         traj = self.traj
         ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if final and self.answer_eos_id is not None:
+            ids = [*ids, int(self.answer_eos_id)]  # the answer turn ends the sequence
         if len(ids) > self.max_turn_tokens:
             raise _TooLong(f"turn of {len(ids)} tokens > max_turn_tokens={self.max_turn_tokens}")
         turn = traj.num_turns
@@ -226,11 +238,13 @@ def build_demonstration(
     unfound_rate: float = 0.0,
     max_turn_tokens: int = 64,
     stats: DemoStats | None = None,
+    answer_eos_id: int | None = None,
 ) -> Trajectory | None:
     """Play one scripted episode of question ``index`` in ``env``; the Trajectory, or None
     when it is skipped (answer not retrieved, too long, or not accepted by the env).
 
     The env needs room for 3 turns (``max_episode_steps >= 3``) for the second-search case.
+    ``answer_eos_id`` is appended to the answer turn's tokens (the env reads its text only).
     """
     stats = stats if stats is not None else DemoStats()
     stats.tried += 1
@@ -247,7 +261,7 @@ def build_demonstration(
         qid=str(info.get("qid", "")),
         dataset=str(info.get("dataset", "")),
     )
-    rec = _Recorder(env, traj, tokenizer, max_turn_tokens)
+    rec = _Recorder(env, traj, tokenizer, max_turn_tokens, answer_eos_id)
     first_query = question.strip().rstrip("?").strip() or question
     try:
         obs, _, _, _ = rec.step(search_turn(first_query, question, rng))
@@ -266,7 +280,7 @@ def build_demonstration(
             answer, doc = answers[0].strip(), None
         else:
             answer, doc = hit
-        _, reward, done, ans_info = rec.step(answer_turn(answer, rng, doc=doc))
+        _, reward, done, ans_info = rec.step(answer_turn(answer, rng, doc=doc), final=True)
         f1 = float((ans_info.get("metrics") or {}).get("f1", reward))
         if not done or f1 < 1.0:
             raise _Reject(f"the answer {answer!r} scored F1={f1:.2f} against {answers}")
@@ -299,6 +313,7 @@ def build_demonstrations(
     unfound_rate: float = 0.0,
     max_turn_tokens: int = 64,
     progress: Callable[[DemoStats], None] | None = None,
+    answer_eos_id: int | None = None,
 ) -> tuple[list[Trajectory], DemoStats]:
     """Demonstrations from the questions ``indices`` (in order) until ``count`` are kept.
 
@@ -322,6 +337,7 @@ def build_demonstrations(
             unfound_rate=unfound_rate,
             max_turn_tokens=max_turn_tokens,
             stats=stats,
+            answer_eos_id=answer_eos_id,
         )
         if traj is not None:
             traj.group = len(out)

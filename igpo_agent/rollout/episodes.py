@@ -107,10 +107,15 @@ class Episode:
     gold: GoldSpec | None = None  # scored at every turn start when beliefs are asked for
 
 
-def _stop_strings(info: dict[str, Any], extra: Sequence[str]) -> tuple[str, ...]:
+def stop_strings(
+    info: dict[str, Any], extra: Sequence[str], answer_eos: bool = False
+) -> tuple[str, ...]:
+    """The strings that end a turn: the env's ``info["protocol"]["stop"]`` plus ``extra``;
+    with ``answer_eos`` the answer wrapper's closing string is not one (the turn ends at EOS)."""
     protocol = info.get("protocol") or {}
     stops = list(protocol.get("stop") or []) + list(extra)
-    return tuple(dict.fromkeys(s for s in stops if s))
+    drop = protocol.get("answer_suffix") if answer_eos else None
+    return tuple(dict.fromkeys(s for s in stops if s and s != drop))
 
 
 def end_context(ep: Episode, why: str) -> None:
@@ -157,7 +162,8 @@ def start_episode(
         dataset=str(info.get("dataset", "")),
         article=str(info.get("article") or ""),
     )
-    ep = Episode(env, traj, _stop_strings(info, settings.stop), pending=list(prompt))
+    stops = stop_strings(info, settings.stop, settings.answer_eos)
+    ep = Episode(env, traj, stops, pending=list(prompt))
     if gold_fn is not None:
         ep.gold = gold_fn(traj.answers, info)
     if len(prompt) >= max_context:

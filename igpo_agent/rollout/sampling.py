@@ -78,6 +78,11 @@ class GenerationSettings:
     ``context_truncated=True``."""
     stop: tuple[str, ...] = ()
     """Extra stop strings, added to the env's ``info["protocol"]["stop"]``."""
+    answer_eos: bool = False
+    """End the answer turn at the end-of-sequence token instead of the answer wrapper's
+    closing string: ``answer_suffix`` (``</answer>``) is not a stop string, so the agent
+    must emit EOS after it, as a chat model ends its reply (a warm start trained with
+    ``answer_eos`` does). Searches still end at their closing tag."""
     reuse_cache: bool = True
     """Keep each episode's KV cache across turns (append the observation to it) instead of
     re-prefilling the whole history every turn. Same tokens, less compute."""

@@ -33,6 +33,7 @@ HANDED_OVER = (
     "on_invalid",
     "max_new_tokens",
     "max_context",
+    "answer_eos",
     "engine",
     "vllm_dtype",
     "eval_seed",

@@ -228,3 +228,15 @@ def test_turn_texts_parse_as_valid_actions() -> None:
         for doc in (None, 2):
             a = parse_turn(answer_turn("Paris", rng, doc=doc))
             assert isinstance(a, Answer) and a.text == "Paris" and a.think
+
+
+def test_answer_eos_ends_the_answer_turn_with_the_eos_token(env, tiny_policy) -> None:
+    tok = tiny_policy.tokenizer
+    fn = policy_prompt_fn(tiny_policy, "tags")
+    plain = build_demonstration(env, 0, fn, tok, random.Random(0))
+    eos = build_demonstration(env, 0, fn, tok, random.Random(0), answer_eos_id=tok.eos_token_id)
+    assert plain is not None and eos is not None
+    assert eos.token_ids == [*plain.token_ids, tok.eos_token_id]
+    last = eos.spans[-1]
+    assert last.kind == "action" and last.end == len(eos.token_ids)
+    assert eos.turn_texts == plain.turn_texts and eos.outcome_f1 == 1.0

@@ -291,6 +291,30 @@ def test_stop_strings_end_turns_with_a_trained_model(tiny_bpe_model_path, bpe_to
         assert traj.answer_text == "Paris" and traj.answer_metrics["em"] == 1.0
         assert traj.token_ids[-1] == tok.eos_token_id or traj.turn_texts[-1].endswith("</answer>")
 
+    # answer_eos: </answer> is no stop string, the answer turn runs on to the EOS it learned
+    trajs = rollout_batch(
+        model,
+        tok,
+        fn,
+        envs,
+        TASKS[:1],
+        group_size=2,
+        settings=GenerationSettings(max_new_tokens=60, temperature=0.0, answer_eos=True),
+    )
+    for traj in trajs:
+        check_layout(traj, tok)
+        assert traj.turn_texts == [search, answer]  # the env reads the text, EOS skipped
+        assert traj.answered and traj.format_ok and traj.outcome_f1 == 1.0
+        assert traj.token_ids[-1] == tok.eos_token_id
+
+
+def test_answer_eos_drops_only_the_answer_stop():
+    from igpo_agent.rollout.episodes import stop_strings
+
+    info = {"protocol": {"stop": ["</search>", "</answer>"], "answer_suffix": "</answer>"}}
+    assert stop_strings(info, ()) == ("</search>", "</answer>")
+    assert stop_strings(info, ("\nQ:",), answer_eos=True) == ("</search>", "\nQ:")
+
 
 def test_failed_searches_are_recorded(bpe_tokenizer):
     """A search the env reports as failed (a dead HTTP backend) is counted on the trajectory
