@@ -500,6 +500,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ("ratio_max", K.RATIO_MAX),
             ("clipfrac_lower", K.DUAL_CLIPFRAC),
             ("skipped_steps", K.SKIPPED_STEPS),
+            ("skipped_rows", K.SKIPPED_ROWS),
             ("optimizer_steps", K.OPTIMIZER_STEPS),
         ):
             if src in loss_m:

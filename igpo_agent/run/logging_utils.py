@@ -44,6 +44,7 @@ RATIO_MIN = "losses/ratio_min"
 RATIO_MAX = "losses/ratio_max"
 DUAL_CLIPFRAC = "losses/dual_clipfrac"
 SKIPPED_STEPS = "losses/skipped_steps"
+SKIPPED_ROWS = "losses/skipped_rows"
 OPTIMIZER_STEPS = "losses/optimizer_steps"
 ALL_EQUAL_GROUPS = "charts/all_equal_outcome_groups"
 NONZERO_ADV_TOKENS = "charts/nonzero_advantage_tokens"
@@ -125,6 +126,7 @@ METRICS: dict[str, str] = {
     RATIO_MAX: "largest PPO ratio of the step",
     DUAL_CLIPFRAC: "fraction of tokens where the dual clip (negative advantages) acted",
     SKIPPED_STEPS: "optimiser steps skipped because the gradient norm was not finite",
+    SKIPPED_ROWS: "rollouts whose advantage is 0 everywhere: no forward or backward (no KL/entropy term)",
     OPTIMIZER_STEPS: "optimiser steps taken on this rollout batch (epochs x mini-batches)",
     ALL_EQUAL_GROUPS: "share of groups whose outcome rewards are all equal (no GRPO signal)",
     SIGNAL_GROUPS: "dynamic sampling: sampled groups with a signal (outcome or advantage)",
