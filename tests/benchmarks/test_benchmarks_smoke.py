@@ -95,13 +95,16 @@ def test_vs_trl_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert _load("vs_trl").main(["--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("trl ", "igpo "))]
-    assert [r[:3] for r in rows] == [["trl", "fp32", "1"], ["igpo", "fp32", "1"]]
-    assert rows[0][-1] == "1.00x" and rows[1][-1].endswith("x")  # the ratio column
+    # arm, dtype, runs, timed steps (the warm-up step left out)
+    assert [r[:4] for r in rows] == [["trl", "fp32", "1", "1"], ["igpo", "fp32", "1", "1"]]
+    assert rows[0][-1] == "1.00x" and rows[1][-1].endswith("x")  # s/1k tok TRL / arm
+    assert rows[0][-3] == "1.00"  # TRL's sampled tokens over its own
     records = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert "command" in records[0]
-    for rec in records[1:]:  # one measured step each, with tokens and a peak RSS
-        assert len(rec["step_s"]) == 1 and rec["generated_tokens"][0] > 0
-        assert rec["peak_rss_mb"] > 100
+    for rec in records[1:]:  # a warm-up and a measured step each, with tokens and a peak RSS
+        assert len(rec["step_s"]) == 2 and rec["warmup_steps"] == 1
+        assert rec["generated_tokens"][1] > 0 and rec["trained_tokens"] == rec["generated_tokens"]
+        assert rec["max_new_tokens"] == 32 and rec["peak_rss_mb"] > 100
     # --reuse keeps the finished runs (same settings) instead of measuring them again
     assert _load("vs_trl").main(["--quick", "--out", str(tmp_path), "--reuse"]) == 0
     out = capsys.readouterr().out
