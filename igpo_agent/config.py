@@ -250,13 +250,10 @@ def resolve_ig_method(cfg: TrainConfig) -> str:
 
 
 def resolve_old_logprobs(cfg: TrainConfig, *, weights_fp32: bool, autocast: bool) -> str:
-    """Where pi_old comes from before several optimiser steps: ``recompute`` or ``sampler``.
-
-    ``auto`` is ``sampler`` only where the sampler computes what the learner's forward
-    would: the hf engine (the same model and kernels), fp32 weights and no autocast on
-    the update (rollouts never autocast). There the records match the recomputed values to
-    ~1e-6 nats and the forward is saved; vLLM's kernels or bf16 move them by ~1e-2.
-    """
+    """pi_old before several optimiser steps: ``recompute`` or ``sampler``. ``auto`` is
+    ``sampler`` only where the sampler computes what the learner's forward would (hf
+    engine, fp32 weights, no autocast: records = recomputed to ~2e-6 nats); vLLM's kernels
+    or bf16 move them by ~1e-2."""
     if cfg.old_logprobs != "auto":
         return cfg.old_logprobs
     exact = cfg.engine == "hf" and weights_fp32 and not autocast
