@@ -28,8 +28,9 @@ from igpo_agent.algo.loss import truncated_is_weights
 from igpo_agent.rollout.trajectory import Trajectory
 
 
-def _check(i: int, t: Trajectory) -> None:
-    """Raise ``ValueError`` unless trajectory ``i`` holds one finite log-prob per action token."""
+def _row(i: int, t: Trajectory) -> torch.Tensor:
+    """(len(token_ids),) trajectory ``i``'s records on its action tokens, 0 elsewhere;
+    ``ValueError`` unless it holds one record per token, finite on the action tokens."""
     where = f"trajectory {i}" + (f" (qid {t.qid!r})" if t.qid else "")
     if len(t.sample_logprobs) != len(t.token_ids):
         raise ValueError(
@@ -38,26 +39,23 @@ def _check(i: int, t: Trajectory) -> None:
             "token_ids (as the rollout engines write them); use old_logprobs=recompute for "
             "trajectories built another way"
         )
-    bad = [
-        j
-        for s in t.spans
-        if s.kind == "action"
-        for j in range(s.start, s.end)
-        if not math.isfinite(t.sample_logprobs[j])
-    ]
+    lp = torch.tensor(t.sample_logprobs, dtype=torch.float32)
+    act = torch.tensor(t.action_mask(), dtype=torch.bool)
+    act[:1] = False  # position 0 has no predecessor (as in action_logprobs)
+    bad = (act & ~torch.isfinite(lp)).nonzero().flatten().tolist()
     if bad:
         raise ValueError(
             f"{where} has non-finite sampler log-probs at action tokens {bad[:5]}: "
             "use old_logprobs=recompute"
         )
+    return torch.where(act, lp, torch.zeros_like(lp))
 
 
 def has_recorded_logprobs(trajs: Sequence[Trajectory]) -> bool:
-    """Whether every trajectory holds one finite sampler log-prob per action token (what
-    :func:`recorded_logprobs` needs); e.g. hand-built trajectories usually do not."""
+    """Whether every trajectory holds one sampler log-prob per token, finite on its action
+    tokens (what :func:`recorded_logprobs` needs); hand-built trajectories often do not."""
     try:
-        for i, t in enumerate(trajs):
-            _check(i, t)
+        recorded_logprobs(trajs)
     except ValueError:
         return False
     return bool(trajs)
@@ -79,25 +77,24 @@ def recorded_logprobs(trajs: Sequence[Trajectory], width: int | None = None) -> 
     length = max((len(t.token_ids) for t in trajs), default=0) if width is None else width
     out = torch.zeros(len(trajs), length, dtype=torch.float32)
     for i, t in enumerate(trajs):
-        _check(i, t)
         if len(t.token_ids) > length:
             raise ValueError(f"trajectory {i} has {len(t.token_ids)} tokens > width {length}")
-        lp = torch.tensor(t.sample_logprobs, dtype=torch.float32)
-        act = torch.tensor(t.action_mask(), dtype=torch.bool)
-        act[:1] = False  # position 0 has no predecessor (as in action_logprobs)
-        out[i, : len(lp)] = torch.where(act, lp, torch.zeros_like(lp))
+        out[i, : len(t.token_ids)] = _row(i, t)
     return out
 
 
 def batch_records(
     trajs: Sequence[Trajectory], width: int, *, required: bool
 ) -> torch.Tensor | None:
-    """:func:`recorded_logprobs` of a batch ``width`` columns wide when ``required`` (sampler
-    pi_old, TIS: a misaligned record raises), else when every trajectory holds them (the
-    logged diagnostics); otherwise None."""
-    if required or has_recorded_logprobs(trajs):
+    """:func:`recorded_logprobs` of a batch ``width`` columns wide. ``required`` (sampler
+    pi_old, TIS): a misaligned record raises; otherwise (the logged diagnostics) it gives
+    None instead."""
+    try:
         return recorded_logprobs(trajs, width)
-    return None
+    except ValueError:
+        if required:
+            raise
+        return None
 
 
 class SamplerDrift:
