@@ -40,6 +40,12 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 """Weights dtype of the policy; auto = bf16 on CUDA, fp32 on CPU."""
 Autocast = Literal["auto", "float32", "bfloat16"]
 """Autocast of the update's forwards; auto = bf16 where the device computes it natively."""
+OldLogprobs = Literal["auto", "recompute", "sampler"]
+"""pi_old before several optimiser steps: a no-grad forward (recompute) or the sampler's
+records (sampler); auto = sampler where its numerics are the learner's (hf engine, fp32
+weights, autocast off), else recompute."""
+TISMode = Literal["auto", "on", "off"]
+"""Truncated importance sampling against the sampler's records; auto = on with engine vllm."""
 KLReference = Literal["init", "base"]
 """KL anchor with a warm start: the warm-started policy (init) or the base model."""
 

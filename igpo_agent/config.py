@@ -29,6 +29,8 @@ from igpo_agent.choices import (
     LossAgg,
     LRSchedule,
     NormMode,
+    OldLogprobs,
+    TISMode,
     TrainAlgo,
 )
 from igpo_agent.options import (
@@ -169,6 +171,20 @@ class TrainConfig(
         "step each (reference Nov 2025: 32 of 512); none = the whole batch, one step.",
     )
     micro_batch_size: int = opt(4, "loss", "Trajectories per forward/backward (grad accumulation).")
+    old_logprobs: OldLogprobs = opt(
+        "auto",
+        "loss",
+        "pi_old before several optimiser steps: recompute (a no-grad forward) or sampler (the "
+        "rollout's recorded log-probs, no forward); auto = sampler with engine hf, fp32 "
+        "weights and autocast off (where the two agree to ~1e-6), else recompute.",
+    )
+    tis: TISMode = opt(
+        "auto",
+        "loss",
+        "Truncated importance sampling: weight each token's PG loss by min(pi_old / "
+        "pi_sampler, tis_cap) (verl/TRL's vLLM correction); auto = on with engine vllm.",
+    )
+    tis_cap: float = opt(2.0, "loss", "Upper bound of the TIS weights (>= 1; verl/TRL: 2).")
     lr: float = opt(5e-5, "loss", "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "loss", "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "loss", "Gradient clipping norm (> 0).")
@@ -233,6 +249,25 @@ def resolve_ig_method(cfg: TrainConfig) -> str:
     return "live" if cfg.engine == "hf" else "packed"
 
 
+def resolve_old_logprobs(cfg: TrainConfig, *, weights_fp32: bool, autocast: bool) -> str:
+    """pi_old before several optimiser steps: ``recompute`` or ``sampler``. ``auto`` is
+    ``sampler`` only where the sampler computes what the learner's forward would (hf
+    engine, fp32 weights, no autocast: records = recomputed to ~2e-6 nats); vLLM's kernels
+    or bf16 move them by ~1e-2."""
+    if cfg.old_logprobs != "auto":
+        return cfg.old_logprobs
+    exact = cfg.engine == "hf" and weights_fp32 and not autocast
+    return "sampler" if exact else "recompute"
+
+
+def resolve_tis(cfg: TrainConfig, old_logprobs: str) -> bool:
+    """Whether truncated importance sampling weights the loss: ``auto`` = on with the vLLM
+    engine, unless pi_old is the sampler's records (the weights would all be 1)."""
+    if cfg.tis != "auto":
+        return cfg.tis == "on"
+    return cfg.engine == "vllm" and old_logprobs == "recompute"
+
+
 def _check_train(cfg: TrainConfig, e: list[str]) -> None:
     """The trainer's own checks (the shared groups check their fields themselves)."""
     if cfg.ppo_epochs < 1:
@@ -266,6 +301,13 @@ def _check_train(cfg: TrainConfig, e: list[str]) -> None:
                 f"micro_batch_size={cfg.micro_batch_size} does not divide the "
                 f"{n} rollouts per step (questions_per_step * group_size); use one of {fits}"
             )
+    if cfg.tis == "on" and cfg.old_logprobs == "sampler":
+        e.append(
+            "tis=on with old_logprobs=sampler: pi_old would be the sampler's own records, so "
+            "every weight is 1; use old_logprobs=recompute (or auto) with tis"
+        )
+    if not cfg.tis_cap >= 1:
+        e.append(f"tis_cap={cfg.tis_cap}: use a cap >= 1 (verl/TRL: 2.0)")
     if cfg.ppo_mini_batch_size is not None:
         n = cfg.questions_per_step * cfg.group_size
         if cfg.ppo_mini_batch_size < 1 or n % cfg.ppo_mini_batch_size:

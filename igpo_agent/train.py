@@ -21,7 +21,13 @@ import igpo_agent  # noqa: F401  (threading policy before torch loads)
 from igpo_agent.algo.advantages import all_equal_group_share, nonzero_token_share
 from igpo_agent.algo.rewards import mean_ig_per_turn
 from igpo_agent.algo.stats import mean_ci, wilson_ci
-from igpo_agent.config import TrainConfig, load_config, resolve_ig_method
+from igpo_agent.config import (
+    TrainConfig,
+    load_config,
+    resolve_ig_method,
+    resolve_old_logprobs,
+    resolve_tis,
+)
 from igpo_agent.evaluate import (
     eval_metrics,
     eval_subset,
@@ -307,6 +313,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
     mini = cfg.ppo_mini_batch_size
     if mini is not None:
         D.check_divisible(mini, world)  # each rank takes its share of every mini-batch
+    cast = resolve_autocast(cfg.autocast, policy.device, policy.dtype)
+    fp32 = policy.dtype == torch.float32
+    old_source = resolve_old_logprobs(cfg, weights_fp32=fp32, autocast=cast is not None)
     loss_settings = LossSettings(
         clip_eps=cfg.clip_eps,
         clip_eps_low=cfg.clip_ratio_low,
@@ -320,10 +329,15 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
         micro_batch_size=cfg.micro_batch_size,
         max_grad_norm=cfg.max_grad_norm,
         temperature=cfg.temperature,
-        autocast=resolve_autocast(cfg.autocast, policy.device, policy.dtype),
+        autocast=cast,
+        old_logprobs=old_source,
+        tis=resolve_tis(cfg, old_source),
+        tis_cap=cfg.tis_cap,
     )
     if world.is_main and loss_settings.autocast is not None:
         print(f"update forwards under {loss_settings.autocast} autocast (--autocast float32: off)")
+    if world.is_main and (old_source == "sampler" or loss_settings.tis):
+        print(f"pi_old: {old_source}; truncated importance sampling: {loss_settings.tis}")
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -501,6 +515,9 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             ("clipfrac_lower", K.DUAL_CLIPFRAC),
             ("skipped_steps", K.SKIPPED_STEPS),
             ("skipped_rows", K.SKIPPED_ROWS),
+            ("tis_weight_mean", K.TIS_WEIGHT_MEAN),
+            ("tis_weight_max", K.TIS_WEIGHT_MAX),
+            ("sampler_logp_diff", K.SAMPLER_LOGP_DIFF),
             ("optimizer_steps", K.OPTIMIZER_STEPS),
         ):
             if src in loss_m:
@@ -580,14 +597,14 @@ def _merge_rank_metrics(
     """One step record from every rank's: rollout means averaged (equal rollouts per rank),
     loss means weighted by each rank's action tokens, throughput summed, times maxed."""
     loss_keys = [K.POLICY_LOSS, K.KL, K.ENTROPY, K.CLIPFRAC, K.APPROX_KL, K.TOTAL_LOSS]
-    loss_keys += [K.RATIO_MEAN, K.DUAL_CLIPFRAC]
+    loss_keys += [K.RATIO_MEAN, K.DUAL_CLIPFRAC, K.TIS_WEIGHT_MEAN, K.SAMPLER_LOGP_DIFF]
     per_rank = D.all_gather_objects((metrics, loss_m.get("num_tokens", 0.0)), world)
     tokens = [t for _, t in per_rank]
     merged = D.merge_metrics(
         [m for m, _ in per_rank],
         {k: tokens for k in loss_keys},
         sum_keys=(K.TOKENS_PER_S,),
-        max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S, K.RATIO_MAX, K.SKIPPED_STEPS),
+        max_keys=(*K.TIME_SPLIT_KEYS, K.STEP_S, K.RATIO_MAX, K.SKIPPED_STEPS, K.TIS_WEIGHT_MAX),
         min_keys=(K.RATIO_MIN,),
     )
     merged[K.ROLLOUTS_SEEN] = metrics[K.ROLLOUTS_SEEN]  # already global, an int

@@ -8,8 +8,15 @@ generated (prompt, observation and padding tokens are 0). Written term by term::
     ratio  = exp(clamp(logp - old_logp, -20, 20))
     pg     = max(-A * ratio, -A * clamp(ratio, 1 - eps_low, 1 + eps_high))
     pg     = min(pg, -A * c)            where A < 0 (dual clip: bounded by c * |A|)
+    pg     = w * pg                     with truncated IS weights w (TIS), when given
     kl     = clamp(exp(ref - logp) - (ref - logp) - 1, -10, 10)       (k3 estimator)
     loss   = agg(pg) + kl_coef * agg(kl) - ent_coef * agg(entropy)
+
+TIS (truncated importance sampling, :func:`truncated_is_weights`): when the sampler's
+numerics differ from the learner's (vLLM, bf16), the tokens were drawn from pi_sampler,
+not from the learner's pi_old; ``w = min(pi_old / pi_sampler, cap)`` per token reweights
+the policy-gradient term toward pi_old (verl's ``tis_imp_ratio_cap``, TRL's
+``vllm_importance_sampling_cap``). The KL and entropy terms are not reweighted.
 
 ``agg`` is a named mode (``token-mean``, ``seq-mean-token-sum``, ``seq-mean-token-mean``).
 Gradient accumulation: pass every micro-batch the *global* ``normalizer`` (the sum of
@@ -137,6 +144,36 @@ def aggregate_loss(
     return total / normalizer
 
 
+def truncated_is_weights(
+    proximal_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float = 2.0
+) -> Tensor:
+    """Per-token truncated importance weights ``min(exp(proximal - sampler), cap)`` (TIS).
+
+    (B, L) log-probs of the taken tokens under the learner's pi_old (``proximal_logp``) and
+    as the sampler recorded them (``sampler_logp``), a (B, L) loss ``mask`` -> (B, L)
+    detached fp32 weights, 1.0 off the mask (masked entries may hold anything, even NaN:
+    they are selected away first). The weight corrects for the sampler and the learner
+    computing slightly different distributions (vLLM kernels, bf16): the tokens came from
+    pi_sampler, the PPO ratio is taken against pi_old. Truncating at ``cap`` bounds the
+    variance a token the sampler found unlikely would add. Naive equivalent::
+
+        torch.where(mask, torch.exp(proximal - sampler).clamp(max=cap), 1.0)
+    """
+    if proximal_logp.shape != sampler_logp.shape or proximal_logp.shape != mask.shape:
+        raise ValueError(
+            f"proximal_logp {tuple(proximal_logp.shape)}, sampler_logp "
+            f"{tuple(sampler_logp.shape)} and mask {tuple(mask.shape)} must have one shape"
+        )
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0 (verl/TRL use 2.0), got {cap}")
+    m = mask.bool()
+    with torch.no_grad():
+        zero = torch.zeros_like(proximal_logp, dtype=torch.float32)
+        d = torch.where(m, proximal_logp.float() - sampler_logp.float(), zero)
+        w = torch.exp(d.clamp(max=20.0)).clamp(max=cap)
+        return torch.where(m, w, torch.ones_like(w))
+
+
 def _check_mode(mode: str) -> None:
     if mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg={mode!r} is not supported; choose one of {LOSS_AGG_MODES}")
@@ -158,6 +195,7 @@ def policy_loss(
     ent_coef: float = 0.001,
     loss_agg: LossAgg = "token-mean",
     normalizer: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped policy-gradient loss + KL + entropy bonus over the masked tokens.
 
@@ -173,6 +211,8 @@ def policy_loss(
         clip_ratio_c: dual-clip constant (> 1), or None to disable dual clip.
         kl_coef, ent_coef: coefficients (0 switches a term off).
         loss_agg, normalizer: see :func:`aggregate_loss`.
+        is_weights: (B, L) per-token weights (:func:`truncated_is_weights`, no grad) that
+            multiply the policy-gradient term (TIS); None leaves it unweighted.
 
     Returns:
         ``(loss, metrics)``: the scalar loss to backpropagate, and detached floats computed
@@ -187,7 +227,7 @@ def policy_loss(
     _check_mode(loss_agg)
     shape = logp.shape
     named = {"old_logp": old_logp, "advantages": advantages, "mask": mask}
-    named.update({"ref_logp": ref_logp, "entropy": entropy})
+    named.update({"ref_logp": ref_logp, "entropy": entropy, "is_weights": is_weights})
     for name, t in named.items():
         if t is not None and t.shape != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but logp has {tuple(shape)}")
@@ -220,6 +260,8 @@ def policy_loss(
         pg3 = -adv * clip_ratio_c
         dual_active = (adv < 0) & (pg > pg3)
         pg = torch.where(adv < 0, torch.minimum(pg, pg3), pg)
+    if is_weights is not None:
+        pg = pg * clean(is_weights.detach().to(pg.dtype))
     pg_loss = aggregate_loss(pg, m, loss_agg, normalizer)
     loss = pg_loss
     kl = ent = None

@@ -7,9 +7,11 @@ model (:mod:`igpo_agent.model.policy`, :mod:`igpo_agent.ig`). ALGORITHM "Turn re
 - Beliefs v_t come from the rollout policy itself (pi_old, no grad) before the update.
 - The update is PPO's: ``ppo_epochs`` passes, each split into mini-batches of
   ``ppo_mini_batch_size`` trajectories with one optimiser step each. pi_old's log-probs
-  are computed once before the first step (or, with a single step in all, are the detached
-  current ones: exact and one forward cheaper). Every log-prob the loss reads uses the
-  sampling temperature.
+  are computed once before the first step, or taken from the sampler's records
+  (``old_logprobs="sampler"``, :mod:`igpo_agent.learn.old_logprobs`), or, with a single
+  step in all, are the detached current ones (exact and one forward cheaper). With
+  ``tis`` the records weight the PG term (truncated importance sampling). Every log-prob
+  the loss reads uses the sampling temperature.
 - The reference policy for ``low_var_kl`` is ``policy.reference()``: the policy training
   started from (the warm start merged into the base weights, see :mod:`igpo_agent.model.policy`).
 """
@@ -35,6 +37,7 @@ from igpo_agent.algo.advantages import (
 from igpo_agent.algo.loss import loss_normalizer, policy_loss
 from igpo_agent.algo.rewards import outcome_rewards
 from igpo_agent.ig.beliefs import reencoded_trajectory_beliefs
+from igpo_agent.learn.old_logprobs import SamplerDrift, batch_records
 from igpo_agent.rollout.trajectory import Trajectory
 
 
@@ -56,6 +59,18 @@ class LossSettings:
     temperature: float = 1.0  # the sampling temperature: learner log-probs use logits / T
     autocast: torch.dtype | None = None  # e.g. bf16: forwards under autocast, loss in fp32
     skip_zero_advantage: bool = True  # no forward/backward for rows whose loss is 0 (below)
+    old_logprobs: str = "recompute"  # pi_old with > 1 step: recompute, or the sampler's records
+    tis: bool = False  # weight the PG term by min(exp(pi_old - recorded), tis_cap) per token
+    tis_cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.old_logprobs not in ("recompute", "sampler") or (
+            self.tis and self.old_logprobs == "sampler"
+        ):
+            raise ValueError(
+                f"old_logprobs={self.old_logprobs!r} with tis={self.tis}: use "
+                "recompute or sampler, and recompute with tis (sampler: weights 1)"
+            )
 
     def skips_zero_rows(self) -> bool:
         """Whether rows with advantage 0 on every token may skip the forward and backward:
@@ -281,7 +296,12 @@ def policy_update(
 
     pi_old: with one optimiser step in all, the sampled policy is the one differentiated,
     so its log-probs are the detached current ones (exact, one forward cheaper); with more
-    they are computed once, before the first step. All log-probs use ``temperature``.
+    they are computed once, before the first step, or with ``settings.old_logprobs ==
+    "sampler"`` read from the trajectories' ``sample_logprobs`` (no forward; equal where
+    the sampler's numerics are the learner's). With ``settings.tis`` the PG term of each
+    token is multiplied by ``min(exp(pi_old - recorded), tis_cap)``. Whenever both pi_old
+    and the records exist, ``tis_weight_mean|max`` and ``sampler_logp_diff`` (mean
+    |pi_old - recorded|) are reported, applied or not. All log-probs use ``temperature``.
 
     No pass the loss does not need: no reference forward without a KL term, and (with
     ``settings.skips_zero_rows()``: no KL, no entropy term) no pi_old forward, forward or
@@ -322,7 +342,13 @@ def policy_update(
     cast = settings.autocast
     live = _live_rows(batch, settings.skips_zero_rows())
     live_rows = [i for i, x in enumerate(live) if x]
-    old = _logprobs(policy, batch, mbs, temp, cast, live_rows) if n_steps > 1 else None
+    from_sampler = settings.old_logprobs == "sampler"
+    width = batch["input_ids"].shape[1]
+    recorded = batch_records(trajs, width, required=from_sampler or settings.tis)
+    old = None
+    if n_steps > 1:
+        old = recorded if from_sampler else _logprobs(policy, batch, mbs, temp, cast, live_rows)
+    drift = SamplerDrift(None if old is recorded else recorded, settings.tis_cap)
     ref = None
     if settings.kl_coef > 0:
         with policy.reference():
@@ -358,6 +384,7 @@ def policy_update(
                     )
                 dev = logp.device
                 old_lp = logp.detach() if old is None else old[rows, :width].to(dev)
+                tis = drift.weights(old_lp.float(), rows, mb["action_mask"].to(dev))
                 loss, m = policy_loss(
                     logp.float(),
                     old_lp.float(),
@@ -373,6 +400,7 @@ def policy_update(
                     ent_coef=settings.entropy_coef,
                     loss_agg=agg,  # type: ignore[arg-type]
                     normalizer=count,
+                    is_weights=tis if settings.tis else None,
                 )
                 loss.backward()
                 w = m["num_tokens"]
@@ -405,6 +433,7 @@ def policy_update(
     metrics["skipped_steps"] = float(skipped)
     metrics["num_tokens"] = float(mask.sum())
     metrics["skipped_rows"] = float(sum(1 for i, x in enumerate(live) if not x and mask[i].any()))
+    metrics.update(drift.metrics())
     return metrics, timings
 
 

@@ -2,7 +2,7 @@
 """A vLLM rollout engine: the same episodes and Trajectory records as the HF engine, faster.
 
 The learner still computes training log-probs with the HF model (ratio and KL use those,
-as verl does); vLLM only samples the turns, optionally scores beliefs, and gets the
+as verl does; vLLM's own log-probs weight the loss through TIS); vLLM only samples the turns, optionally scores beliefs, and gets the
 policy's weights pushed into it after every optimiser step. Install and settings:
 ``docs/VLLM.md``; this module is the only one that imports ``vllm``.
 
@@ -14,7 +14,9 @@ policy's weights pushed into it after every optimiser step. Install and settings
   ``token_ids`` vLLM sampled (the token that completed a stop string kept whole, EOS kept),
   their log-probs are ``logprobs_mode="processed_logprobs"``: ``log_softmax(logits / T)``
   like the HF engine when ``top_p == 1`` (with ``top_p < 1`` vLLM renormalises over the
-  nucleus; these values are diagnostics, the learner recomputes its own).
+  nucleus). The learner recomputes pi_old with the HF model and uses these records for
+  truncated importance sampling (``tis``, on by default with this engine:
+  :func:`igpo_agent.algo.loss.truncated_is_weights`), since vLLM's kernels differ from HF's.
 - :meth:`VLLMEngine.sync_weights` pushes the policy (LoRA merged in, or full weights) with
   ``collective_rpc("reload_weights")`` and drops the prefix cache (it holds old KV).
 - :func:`vllm_beliefs` scores ``prefix + answer wrapper`` with ``prompt_logprobs``,

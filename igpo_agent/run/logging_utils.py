@@ -45,6 +45,9 @@ RATIO_MAX = "losses/ratio_max"
 DUAL_CLIPFRAC = "losses/dual_clipfrac"
 SKIPPED_STEPS = "losses/skipped_steps"
 SKIPPED_ROWS = "losses/skipped_rows"
+TIS_WEIGHT_MEAN = "losses/tis_weight_mean"
+TIS_WEIGHT_MAX = "losses/tis_weight_max"
+SAMPLER_LOGP_DIFF = "losses/sampler_logp_diff"
 OPTIMIZER_STEPS = "losses/optimizer_steps"
 ALL_EQUAL_GROUPS = "charts/all_equal_outcome_groups"
 NONZERO_ADV_TOKENS = "charts/nonzero_advantage_tokens"
@@ -127,6 +130,11 @@ METRICS: dict[str, str] = {
     DUAL_CLIPFRAC: "fraction of tokens where the dual clip (negative advantages) acted",
     SKIPPED_STEPS: "optimiser steps skipped because the gradient norm was not finite",
     SKIPPED_ROWS: "rollouts whose advantage is 0 everywhere: no forward or backward (no KL/entropy term)",
+    TIS_WEIGHT_MEAN: "mean TIS weight min(pi_old / pi_sampler, tis_cap) over trained tokens "
+    "(applied with --tis on; reported whenever pi_old and the sampler's records both exist)",
+    TIS_WEIGHT_MAX: "largest TIS weight of the step (tis_cap at most)",
+    SAMPLER_LOGP_DIFF: "mean |pi_old - recorded sampler log-prob| per trained token "
+    "(absent when pi_old is the records themselves)",
     OPTIMIZER_STEPS: "optimiser steps taken on this rollout batch (epochs x mini-batches)",
     ALL_EQUAL_GROUPS: "share of groups whose outcome rewards are all equal (no GRPO signal)",
     SIGNAL_GROUPS: "dynamic sampling: sampled groups with a signal (outcome or advantage)",

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from igpo_agent.config import TrainConfig, build_parser, load_config, resolve_ig_method
+from igpo_agent.config import (
+    TrainConfig,
+    build_parser,
+    load_config,
+    resolve_ig_method,
+    resolve_old_logprobs,
+    resolve_tis,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -113,6 +120,10 @@ def test_missing_config_file_is_clear(capsys):
         ({"tensorboard": "maybe"}, "tensorboard='maybe' is not a valid bool"),
         ({"ig_method": "live", "engine": "vllm"}, "ig_method=live scores inside the hf engine"),
         ({"ig_method": "vllm"}, "set engine=vllm too"),
+        ({"old_logprobs": "cached"}, "old_logprobs='cached'"),
+        ({"tis": "yes"}, "tis='yes'"),
+        ({"tis": "on", "old_logprobs": "sampler"}, "use old_logprobs=recompute (or auto) with tis"),
+        ({"tis_cap": 0.5}, "tis_cap=0.5: use a cap >= 1"),
     ],
 )
 def test_validation_messages_name_the_fix(override, message):
@@ -159,6 +170,27 @@ def test_auto_ig_method_is_live_on_hf_and_packed_on_vllm():
     assert resolve_ig_method(TrainConfig()) == "live"
     assert resolve_ig_method(TrainConfig(engine="vllm")) == "packed"
     assert resolve_ig_method(TrainConfig(ig_method="naive")) == "naive"
+
+
+def test_auto_old_logprobs_and_tis_follow_where_the_numerics_match():
+    """auto pi_old = the sampler's records only on the hf engine with fp32 weights and no
+    autocast; auto TIS = on with the vLLM engine (docs/ALGORITHM.md "Policy loss")."""
+    exact = dict(weights_fp32=True, autocast=False)
+    assert resolve_old_logprobs(TrainConfig(), **exact) == "sampler"
+    assert resolve_old_logprobs(TrainConfig(), weights_fp32=True, autocast=True) == "recompute"
+    assert resolve_old_logprobs(TrainConfig(), weights_fp32=False, autocast=False) == "recompute"
+    assert resolve_old_logprobs(TrainConfig(engine="vllm"), **exact) == "recompute"
+    assert resolve_old_logprobs(TrainConfig(old_logprobs="recompute"), **exact) == "recompute"
+    assert (
+        resolve_old_logprobs(TrainConfig(old_logprobs="sampler"), autocast=True, weights_fp32=True)
+        == "sampler"
+    )
+    assert resolve_tis(TrainConfig(), "sampler") is False
+    assert resolve_tis(TrainConfig(), "recompute") is False  # hf: off
+    assert resolve_tis(TrainConfig(engine="vllm"), "recompute") is True
+    assert resolve_tis(TrainConfig(engine="vllm", tis="off"), "recompute") is False
+    assert resolve_tis(TrainConfig(engine="vllm"), "sampler") is False  # weights would be 1
+    assert resolve_tis(TrainConfig(tis="on"), "recompute") is True
 
 
 def test_ppo_mini_batch_and_clip_validation():

@@ -223,3 +223,40 @@ def test_train_reachable_samples_only_reachable_questions(
     for f in (tmp_path / "run" / "rollouts").glob("step-*.jsonl"):
         seen |= {json.loads(x)["qid"] for x in f.read_text().splitlines()}
     assert seen and seen <= qids
+
+
+def test_sampler_pi_old_trains_like_recompute_and_auto_picks_it_in_fp32(
+    tiny_smol_model_path: Path, data: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    """Two optimiser steps a batch in fp32 with no autocast: pi_old from the sampler's
+    records (no pi_old forward) trains the adapter recompute trains, to float rounding;
+    old_logprobs=auto takes the records there (docs/ALGORITHM.md "Policy loss")."""
+    runs = {}
+    for mode in ("recompute", "sampler", "auto"):
+        run = tmp_path / mode
+        cfg = _config(
+            tiny_smol_model_path,
+            run,
+            data,
+            steps=2,
+            save_every=0,
+            ppo_mini_batch_size=2,  # of 4 rollouts: two steps, pi_old matters on the second
+            autocast="float32",
+            old_logprobs=mode,
+            ig_turns="all",
+        )
+        train(cfg)
+        runs[mode] = run
+        if mode == "auto":
+            assert (
+                "pi_old: sampler; truncated importance sampling: False" in capsys.readouterr().out
+            )
+    rec, samp, auto = (_adapter(runs[m]) for m in ("recompute", "sampler", "auto"))
+    for k in rec:
+        torch.testing.assert_close(samp[k], rec[k], rtol=0, atol=1e-5, msg=k)
+        assert torch.equal(auto[k], samp[k]), k  # the same path, bit for bit
+    rows = {m: [r for r in _rows(runs[m]) if "losses/policy" in r] for m in runs}
+    for r in rows["recompute"]:  # recomputed vs recorded pi_old, logged every step
+        assert r["losses/sampler_logp_diff"] < 1e-5
+        assert abs(r["losses/tis_weight_mean"] - 1) < 1e-5
+    assert all("losses/sampler_logp_diff" not in r for r in rows["sampler"])

@@ -12,6 +12,7 @@ from igpo_agent.algo.loss import (
     low_var_kl,
     policy_loss,
     selective_log_softmax,
+    truncated_is_weights,
 )
 
 torch.set_num_threads(1)
@@ -49,6 +50,45 @@ def test_worked_pg_loss_three_modes():
     # seq-mean-token-mean: rows -2.8/3 and 3.8/2 = 1.9 -> (-0.933333 + 1.9) / 2 = 0.483333
     loss, _ = policy_loss(logp, old, adv, mask, loss_agg="seq-mean-token-mean", **kw)
     assert loss.item() == pytest.approx((-2.8 / 3 + 1.9) / 2)
+
+
+def test_truncated_is_weights_by_hand():
+    # per token: min(exp(proximal - sampler), cap = 2), 1 off the mask (NaN there is fine)
+    prox = torch.tensor([[-1.0, -0.2, -2.0], [-0.5, -3.0, float("nan")]])
+    samp = torch.tensor([[-1.5, -1.5, -1.0], [-0.5, -3.1, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    w = truncated_is_weights(prox, samp, mask, cap=2.0)
+    # exp(0.5) = 1.648721; exp(1.3) = 3.669297 -> 2; exp(-1) = 0.367879; exp(0) = 1;
+    # exp(0.1) = 1.105171; masked -> 1
+    want = [[1.648721, 2.0, 0.367879], [1.0, 1.105171, 1.0]]
+    assert w.tolist() == [pytest.approx(row, abs=1e-6) for row in want]
+    assert w.dtype == torch.float32 and not w.requires_grad
+    g = truncated_is_weights(prox.requires_grad_(True), samp, mask)
+    assert not g.requires_grad  # detached: the weights are constants of the loss
+    assert truncated_is_weights(prox, samp, mask, cap=1.2)[0, 0].item() == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(prox, samp, mask, cap=0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        truncated_is_weights(prox, samp[:, :2], mask)
+
+
+def test_is_weights_multiply_the_per_token_pg_loss():
+    logp, old, adv, mask = _worked(requires_grad=True)
+    w = torch.tensor([[2.0, 0.5, 1.0], [1.0, 0.25, 7.0]], dtype=torch.float64)
+    loss, m = policy_loss(logp, old, adv, mask, kl_coef=0.0, ent_coef=0.0, is_weights=w)
+    # token-mean of w * PG: (-2.2 - 0.6 - 0.5 + 0.8 + 0.75) / 5 = -1.75 / 5 = -0.35
+    assert loss.item() == pytest.approx(-0.35) and m["pg_loss"] == pytest.approx(-0.35)
+    loss.backward()
+    # gradient of the unclipped tokens scaled by their weight: (0,0) 2 * -1.1/5, (0,2) -0.5/5
+    expected = [[-2.2 / 5, 0.0, -0.5 / 5], [0.0, 0.0, 0.0]]
+    assert logp.grad.tolist() == [pytest.approx(row) for row in expected]
+    assert m["clipfrac"] == pytest.approx(2 / 5)  # the clip statistics are unweighted
+    ones, _ = policy_loss(
+        logp, old, adv, mask, kl_coef=0.0, ent_coef=0.0, is_weights=torch.ones_like(w)
+    )
+    assert ones.item() == pytest.approx(0.2)  # weights of 1: the plain loss
+    with pytest.raises(ValueError, match="is_weights has shape"):
+        policy_loss(logp, old, adv, mask, kl_coef=0, ent_coef=0, is_weights=w[:, :2])
 
 
 def test_worked_metrics():
