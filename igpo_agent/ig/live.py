@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from igpo_agent.ig.gold import GoldSpec, gold_logprob_mean
+from igpo_agent.model.kv_cache import cache_is_reusable
 from igpo_agent.model.loading import with_cache
-from igpo_agent.rollout.sampling import cache_is_reusable
 
 __all__ = ["recorded_beliefs", "score_after_prefill", "score_on_cache"]
 

@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from igpo_agent.model.kv_cache import cache_is_reusable, new_cache
 from igpo_agent.model.loading import returned_cache, with_cache
-from igpo_agent.rollout.kv_cache import GrowingLayer, new_cache
 
 __all__ = [
     "EpisodeCache",
@@ -344,12 +343,6 @@ def extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCac
             for layer in cache.layers
         ]
     )
-
-
-def cache_is_reusable(cache: object) -> bool:
-    """Only plain full-attention dynamic caches can be split per row and stitched back."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in layers)
 
 
 @torch.no_grad()
