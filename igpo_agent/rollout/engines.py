@@ -29,8 +29,8 @@ class Engine(Protocol):
     given, accumulates the rollout's counters. ``score_beliefs`` asks for v_t recorded from
     the live KV cache (``ig_method="live"``); an engine that cannot do that raises.
     ``sync_weights`` makes the engine generate with ``policy``'s current weights and returns
-    the seconds it took. An engine that scores beliefs itself (``ig_method="vllm"``) also has
-    ``trajectory_beliefs(trajs, answer_prefix, answer_suffix)``; that method is not part of this
+    the seconds it took. ``ig_method="vllm"`` scores beliefs through the vLLM engine's
+    ``prompt_logprobs`` (:mod:`igpo_agent.ig.vllm_beliefs`); that is not part of this
     interface.
     """
 
@@ -142,12 +142,6 @@ class VLLMRollouts(Engine):
             seed=seed,
             stats=stats,
         )
-
-    def trajectory_beliefs(
-        self, trajs: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
-    ) -> list[list[float]]:
-        """v_t through the engine's ``prompt_logprobs`` (``ig_method="vllm"``)."""
-        return self.engine.trajectory_beliefs(trajs, answer_prefix, answer_suffix)
 
 
 def make_engine(
