@@ -5,7 +5,8 @@
 the ``scorer`` :func:`igpo_agent.learn.learner.belief_matrix` takes:
 
 - ``live``: the v_t each trajectory recorded during its rollout (the HF engine scored
-  them from its KV cache, :mod:`igpo_agent.ig.live`);
+  them from its KV cache through the :class:`~igpo_agent.ig.live.LiveBeliefHook` the
+  trainer passed it);
 - ``packed`` / ``naive``: re-encode the trajectories under the policy
   (:func:`igpo_agent.ig.beliefs.reencoded_trajectory_beliefs`);
 - ``vllm``: the vLLM engine's ``prompt_logprobs``
@@ -31,7 +32,7 @@ BeliefScorer = Callable[[Sequence[Any], str, str], list[list[float]]]
 def make_belief_scorer(method: str, policy: Any, engine: Any = None) -> BeliefScorer:
     """The scorer of ``method`` (``live``, ``packed``, ``naive`` or ``vllm``).
 
-    ``live`` needs rollouts made with ``score_beliefs=True``; ``vllm`` needs ``engine`` to be
+    ``live`` needs rollouts made with a :class:`~igpo_agent.ig.live.LiveBeliefHook`; ``vllm`` needs ``engine`` to be
     the vLLM engine (:class:`~igpo_agent.rollout.engines.VLLMRollouts`).
     """
     if method == "live":
