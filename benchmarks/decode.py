@@ -12,7 +12,7 @@ memory bandwidth of one big tensor copy and the matmul rate of one large square 
 which give the step's floor: reading every weight once, or doing its FLOPs at that rate,
 whichever is slower. Side by side, A B A B: the same steps with transformers'
 ``DynamicCache`` (``torch.cat`` of the whole cache every step) and with the rollout's
-grow-in-place cache (:mod:`igpo_agent.rollout.kv_cache`); the logits are compared bit for
+grow-in-place cache (:mod:`igpo_agent.model.kv_cache`); the logits are compared bit for
 bit.
 """
 
@@ -34,8 +34,8 @@ import torch  # noqa: E402
 from common import load_policy, machine_line, print_table  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
+from igpo_agent.model.kv_cache import new_cache  # noqa: E402
 from igpo_agent.model.loading import returned_cache, with_cache  # noqa: E402
-from igpo_agent.rollout.kv_cache import new_cache  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,6 +34,7 @@ from igpo_agent.evaluate import (
     greedy_eval,
     results_table,
 )
+from igpo_agent.ig.live import LiveBeliefHook
 from igpo_agent.ig.scorer import make_belief_scorer
 from igpo_agent.learn.batch import training_rows
 from igpo_agent.learn.learner import (
@@ -414,7 +415,7 @@ def _train(cfg: TrainConfig, world: D.DistInfo) -> dict[str, float]:
             # env seeds by global rollout index: rank r's envs get the seeds one process would
             seed=cfg.seed * 1_000_003 + step * cfg.rollouts_per_step + world.rank * len(envs),
             stats=stats,
-            score_beliefs=live_ig,
+            belief_hook=LiveBeliefHook(policy.tokenizer) if live_ig else None,
         )
         rollouts_seen += len(trajs) * world.world_size
         failures = SH.step_failures(trajs, world)  # summed over ranks: one decision

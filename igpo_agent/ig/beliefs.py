@@ -63,7 +63,15 @@ def _supports_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _validate(seqs: Sequence[Sequence[int]], boundaries: Sequence[Sequence[int]], golds) -> None:
+def validate_inputs(
+    seqs: Sequence[Sequence[int]],
+    boundaries: Sequence[Sequence[int]],
+    golds: Sequence[GoldSpec],
+) -> None:
+    """Raise a ValueError naming the fix unless the scoring inputs line up: one boundary
+    list and one gold per sequence, boundaries ascending within the sequence, and no empty
+    prefix asked to predict the first gold token. Every scoring path checks its inputs with
+    it (the re-encoding ones here, :mod:`igpo_agent.ig.vllm_beliefs`)."""
     if not len(seqs) == len(boundaries) == len(golds):
         raise ValueError(
             f"seqs ({len(seqs)}), boundaries ({len(boundaries)}) and golds ({len(golds)}) "
@@ -300,7 +308,7 @@ def reencoded_beliefs(
     forward on CPU (measured fastest: batching rows there only adds memory traffic),
     16384 tokens on CUDA.
     """
-    _validate(seqs, boundaries, golds)
+    validate_inputs(seqs, boundaries, golds)
     if method not in ("packed", "naive"):
         raise ValueError(f"unknown method {method!r}; choose 'packed' or 'naive'")
     if padding_side not in ("left", "right"):

@@ -11,8 +11,11 @@ the gold answer there costs only the answer wrapper's few tokens:
 3. the cache is cropped back, so the turn's sampling sees exactly what it would have seen
    without scoring.
 
-The sampler calls :func:`score_after_prefill` (its ``after_prefill`` hook) after each
-prefill; the rollout passes it in when beliefs are asked for.
+:class:`LiveBeliefHook` is what the trainer hands the rollout
+(:class:`igpo_agent.rollout.belief_hook.BeliefHook`): its ``gold`` builds each episode's
+:class:`~igpo_agent.ig.gold.GoldSpec` from the env's answer wrapper, its ``after_prefill``
+is :func:`score_after_prefill`, which the sampler calls after each prefill. The rollout
+never imports this module: ``ig/`` imports ``rollout/`` and ``model/``, not the reverse.
 
 This is the same quantity as :func:`igpo_agent.ig.beliefs.reencoded_beliefs` (mean log-prob of
 the gold tokens after the prefix and the wrapper, under the rollout policy pi_old, no
@@ -27,11 +30,11 @@ from typing import Any
 
 import torch
 
-from igpo_agent.ig.gold import GoldSpec, gold_logprob_mean
+from igpo_agent.ig.gold import GoldSpec, gold_logprob_mean, gold_spec
+from igpo_agent.model.kv_cache import cache_is_reusable
 from igpo_agent.model.loading import with_cache
-from igpo_agent.rollout.sampling import cache_is_reusable
 
-__all__ = ["recorded_beliefs", "score_after_prefill", "score_on_cache"]
+__all__ = ["LiveBeliefHook", "recorded_beliefs", "score_after_prefill", "score_on_cache"]
 
 
 @torch.no_grad()
@@ -114,8 +117,47 @@ def score_after_prefill(
     return values, sum(g.context_len for g in golds if g is not None)
 
 
+class LiveBeliefHook:
+    """The rollout's belief hook for ``ig_method="live"``: v_t of each episode's first gold
+    alias inside the env's answer wrapper, scored from the live KV cache.
+
+    Pass one to :func:`igpo_agent.rollout.episodes.rollout_batch` (or ``Engine.rollout``)
+    as ``belief_hook``. It memoises a :class:`GoldSpec` per (gold, wrapper) for its
+    lifetime; the trainer builds one per rollout.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._specs: dict[tuple[str, str, str], GoldSpec] = {}
+
+    def gold(self, answers: list[str], info: dict[str, Any]) -> GoldSpec:
+        """The GoldSpec of ``answers[0]`` inside ``info["protocol"]``'s answer wrapper."""
+        protocol = info.get("protocol") or {}
+        if not answers or "answer_prefix" not in protocol:
+            raise ValueError(
+                "live belief scoring needs the gold answers and the env's answer wrapper "
+                "(info['answers'], info['protocol']['answer_prefix'/'answer_suffix'])"
+            )
+        key = (answers[0], protocol["answer_prefix"], protocol.get("answer_suffix", ""))
+        if key not in self._specs:
+            self._specs[key] = gold_spec(self.tokenizer, *key)
+        return self._specs[key]
+
+    def after_prefill(
+        self,
+        model: torch.nn.Module,
+        kv: Any,
+        mask: torch.Tensor,
+        next_pos: torch.Tensor,
+        last_logits: torch.Tensor,
+        golds: Sequence[GoldSpec | None],
+    ) -> tuple[list[float | None], int]:
+        """:func:`score_after_prefill` (the sampler's ``after_prefill`` hook)."""
+        return score_after_prefill(model, kv, mask, next_pos, last_logits, golds)
+
+
 def recorded_beliefs(trajs: Sequence[Any], *_: Any) -> list[list[float]]:
-    """The v_t each trajectory recorded during its rollout (``score_beliefs=True``).
+    """The v_t each trajectory recorded during its rollout (with a :class:`LiveBeliefHook`).
 
     A drop-in ``scorer`` for :func:`igpo_agent.learn.learner.belief_matrix` (the wrapper strings
     are ignored: the rollout used the env's own). Raises if a trajectory lacks a value for
@@ -126,7 +168,7 @@ def recorded_beliefs(trajs: Sequence[Any], *_: Any) -> list[list[float]]:
         if len(t.beliefs) != t.num_turns:
             raise ValueError(
                 f"trajectory {t.qid!r} recorded {len(t.beliefs)} beliefs for {t.num_turns} "
-                "turns: roll out with score_beliefs=True (ig_method=live) or use packed"
+                "turns: roll out with a LiveBeliefHook (ig_method=live) or use packed"
             )
         out.append(list(t.beliefs))
     return out

@@ -1,1 +1,1 @@
-"""The policy model: loading, LoRA adapters, the policy wrapper, prompts."""
+"""The policy model: loading, the KV cache, LoRA adapters, the policy wrapper, prompts."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from igpo_agent.model.prompts import policy_prompt_fn
+from igpo_agent.rollout.belief_hook import BeliefHook
 from igpo_agent.rollout.episodes import RolloutStats, rollout_batch
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
@@ -26,11 +27,12 @@ class Engine(Protocol):
 
     ``rollout`` plays ``group_size`` episodes per task and returns their
     :class:`~igpo_agent.rollout.trajectory.Trajectory` records (task-major); ``stats``, when
-    given, accumulates the rollout's counters. ``score_beliefs`` asks for v_t recorded from
-    the live KV cache (``ig_method="live"``); an engine that cannot do that raises.
+    given, accumulates the rollout's counters. ``belief_hook`` (built by the caller from
+    ``ig/``, :class:`igpo_agent.ig.live.LiveBeliefHook`) asks for v_t recorded from the live
+    KV cache (``ig_method="live"``); an engine that cannot do that raises.
     ``sync_weights`` makes the engine generate with ``policy``'s current weights and returns
-    the seconds it took. An engine that scores beliefs itself (``ig_method="vllm"``) also has
-    ``trajectory_beliefs(trajs, answer_prefix, answer_suffix)``; that method is not part of this
+    the seconds it took. ``ig_method="vllm"`` scores beliefs through the vLLM engine's
+    ``prompt_logprobs`` (:mod:`igpo_agent.ig.vllm_beliefs`); that is not part of this
     interface.
     """
 
@@ -49,7 +51,7 @@ class Engine(Protocol):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         stats: RolloutStats | None = None,
-        score_beliefs: bool = False,
+        belief_hook: BeliefHook | None = None,
     ) -> list[Trajectory]: ...
 
 
@@ -76,10 +78,10 @@ class HFEngine(Engine):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         stats: RolloutStats | None = None,
-        score_beliefs: bool = False,
+        belief_hook: BeliefHook | None = None,
     ) -> list[Trajectory]:
         """``rollout_batch`` over the policy's model (see :mod:`igpo_agent.rollout.episodes`);
-        ``score_beliefs`` records v_t from the live KV cache (``ig_method="live"``)."""
+        ``belief_hook`` records v_t from the live KV cache (``ig_method="live"``)."""
         return rollout_batch(
             self.policy.model,
             self.policy.tokenizer,
@@ -91,7 +93,7 @@ class HFEngine(Engine):
             generator=generator,
             seed=seed,
             stats=stats,
-            score_beliefs=score_beliefs,
+            belief_hook=belief_hook,
         )
 
 
@@ -125,10 +127,10 @@ class VLLMRollouts(Engine):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         stats: RolloutStats | None = None,
-        score_beliefs: bool = False,
+        belief_hook: BeliefHook | None = None,
     ) -> list[Trajectory]:
         """``VLLMEngine.rollout_batch`` with the policy's prompt template."""
-        if score_beliefs:
+        if belief_hook is not None:
             raise ValueError(
                 "the vLLM engine does not score beliefs during the rollout: "
                 "use ig_method=vllm or packed"
@@ -142,12 +144,6 @@ class VLLMRollouts(Engine):
             seed=seed,
             stats=stats,
         )
-
-    def trajectory_beliefs(
-        self, trajs: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
-    ) -> list[list[float]]:
-        """v_t through the engine's ``prompt_logprobs`` (``ig_method="vllm"``)."""
-        return self.engine.trajectory_beliefs(trajs, answer_prefix, answer_suffix)
 
 
 def make_engine(

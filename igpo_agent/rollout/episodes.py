@@ -24,10 +24,10 @@ never recovered by scanning text:
 - ``turn_texts[t]`` is the decoded action (special tokens skipped) given to ``env.step``;
   ``turn_kinds[t]`` is ``info["action"]``; ``env_rewards[t]`` the step reward;
   ``observations[t]`` the text of observation span ``t`` (one per observation span).
-- ``beliefs``: with ``score_beliefs=True``, v_t at every boundary b_t (the start of each
-  turn), scored from the live KV cache right after that turn's prefill
-  (:mod:`igpo_agent.ig.live`) for the first gold alias inside the env's answer
-  wrapper (``info["protocol"]["answer_prefix"/"answer_suffix"]``); one value per turn.
+- ``beliefs``: given a ``belief_hook`` (:class:`~igpo_agent.rollout.belief_hook.BeliefHook`,
+  built by the caller; live IG's is :class:`igpo_agent.ig.live.LiveBeliefHook`), v_t at
+  every boundary b_t (the start of each turn), scored by the hook from the live KV cache
+  right after that turn's prefill; one value per turn. Without a hook, none.
 - ``answered``: the episode terminated on a valid answer; ``outcome_f1``: that step's
   reward; ``answer_text`` / ``answer_metrics``: the env's ``info["answer"]`` and
   ``info["metrics"]`` of that step; ``dataset``: ``info["dataset"]``; ``article``:
@@ -57,8 +57,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from igpo_agent.ig.gold import GoldSpec, gold_spec
-from igpo_agent.ig.live import score_after_prefill
+from igpo_agent.rollout.belief_hook import BeliefHook
 from igpo_agent.rollout.prefix_cache import shared_prefill
 from igpo_agent.rollout.sampling import (
     EpisodeCache,
@@ -104,7 +103,7 @@ class Episode:
     pending: list[int]  # tokens not yet through the model (cache reuse)
     cache: EpisodeCache | None = None
     done: bool = False
-    gold: GoldSpec | None = None  # scored at every turn start when beliefs are asked for
+    gold: Any = None  # the belief hook's gold for this episode, scored at every turn start
 
 
 def stop_strings(
@@ -135,12 +134,12 @@ def start_episode(
     prompt_fn: PromptFn,
     settings: GenerationSettings,
     max_context: int,
-    gold_fn: Callable[[list[str], dict[str, Any]], GoldSpec] | None = None,
+    belief_hook: BeliefHook | None = None,
 ) -> Episode:
     """Reset ``env`` for one episode and record its prompt (``prompt_fn(obs)``) as span -1.
 
-    ``gold_fn`` (answers, reset info) -> GoldSpec sets the gold scored at every turn start
-    (``score_beliefs``). An over-long prompt ends the episode at once (:func:`end_context`).
+    ``belief_hook.gold(answers, reset info)`` sets what is scored at every turn start. An
+    over-long prompt ends the episode at once (:func:`end_context`).
     """
     obs, info = env.reset(seed=seed, options=options)
     if "answers" not in info:
@@ -164,8 +163,8 @@ def start_episode(
     )
     stops = stop_strings(info, settings.stop, settings.answer_eos)
     ep = Episode(env, traj, stops, pending=list(prompt))
-    if gold_fn is not None:
-        ep.gold = gold_fn(traj.answers, info)
+    if belief_hook is not None:
+        ep.gold = belief_hook.gold(traj.answers, info)
     if len(prompt) >= max_context:
         end_context(ep, f"prompt of {len(prompt)} tokens >= max_context {max_context}")
     return ep
@@ -191,7 +190,7 @@ def start_episodes(
     settings: GenerationSettings,
     max_context: int,
     stats: RolloutStats,
-    gold_fn: Callable[[list[str], dict[str, Any]], GoldSpec] | None = None,
+    belief_hook: BeliefHook | None = None,
 ) -> list[Episode]:
     """:func:`start_episode` for every env (env ``i``: task ``i // group_size``, seed
     ``seed + i``); the resets' time goes to ``stats.env_seconds``."""
@@ -205,7 +204,7 @@ def start_episodes(
             prompt_fn,
             settings,
             max_context,
-            gold_fn,
+            belief_hook,
         )
         for i, env in enumerate(envs)
     ]
@@ -290,25 +289,6 @@ def _share_prompts(model: torch.nn.Module, episodes: list[Episode], stats: Rollo
             ep.cache, ep.pending = cache, [key[-1]]
 
 
-def _gold_fn(tokenizer: Any) -> Callable[[list[str], dict[str, Any]], GoldSpec]:
-    """Builds (and memoises per gold and wrapper) the GoldSpec an episode is scored with."""
-    specs: dict[tuple[str, str, str], GoldSpec] = {}
-
-    def make(answers: list[str], info: dict[str, Any]) -> GoldSpec:
-        protocol = info.get("protocol") or {}
-        if not answers or "answer_prefix" not in protocol:
-            raise ValueError(
-                "score_beliefs needs the gold answers and the env's answer wrapper "
-                "(info['answers'], info['protocol']['answer_prefix'/'answer_suffix'])"
-            )
-        key = (answers[0], protocol["answer_prefix"], protocol.get("answer_suffix", ""))
-        if key not in specs:
-            specs[key] = gold_spec(tokenizer, *key)
-        return specs[key]
-
-    return make
-
-
 def rollout_batch(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -321,7 +301,7 @@ def rollout_batch(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     stats: RolloutStats | None = None,
-    score_beliefs: bool = False,
+    belief_hook: BeliefHook | None = None,
 ) -> list[Trajectory]:
     """Run ``group_size`` episodes of every task, all batched; one Trajectory per env.
 
@@ -338,8 +318,8 @@ def rollout_batch(
         generator: the ``torch.Generator`` used for sampling (reproducible runs).
         seed: if given, env ``i`` is reset with ``seed + i``.
         stats: a :class:`RolloutStats` to accumulate counters and timings into.
-        score_beliefs: record ``Trajectory.beliefs`` (v_t of the first gold alias at every
-            turn start, from the live KV cache; IGPO's ``ig_method="live"``).
+        belief_hook: records ``Trajectory.beliefs`` (v_t at every turn start, from the live
+            KV cache; IGPO's ``ig_method="live"``, :class:`igpo_agent.ig.live.LiveBeliefHook`).
 
     Returns:
         Trajectories in env order; ``Trajectory.group`` is the task index.
@@ -358,7 +338,7 @@ def rollout_batch(
         settings=settings,
         max_context=max_context,
         stats=stats,
-        gold_fn=_gold_fn(tokenizer) if score_beliefs else None,
+        belief_hook=belief_hook,
     )
     was_training = model.training
     model.eval()
@@ -391,7 +371,7 @@ def rollout_batch(
                 eos_ids=eos,
                 keep_cache=settings.reuse_cache,
                 stats=turn_stats,
-                after_prefill=score_after_prefill if score_beliefs else None,
+                after_prefill=belief_hook.after_prefill if belief_hook is not None else None,
             )
             for ep, out, budget in zip(active, outputs, budgets, strict=True):
                 ep.cache = out.cache

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from igpo_agent.model.kv_cache import cache_is_reusable
 from igpo_agent.model.loading import returned_cache, with_cache
-from igpo_agent.rollout.sampling import EpisodeCache, RolloutStats, cache_is_reusable, extract_row
+from igpo_agent.rollout.sampling import EpisodeCache, RolloutStats, extract_row
 
 __all__ = ["shared_prefill"]
 

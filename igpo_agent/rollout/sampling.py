@@ -16,8 +16,8 @@ One call of :func:`generate_turn`:
    ``L``. Only the last position's logits are computed.
    If rows carry a ``gold``, the caller's ``after_prefill`` hook then scores them on top
    of that cache and must leave the cache as it found it (the live IG hook,
-   :func:`igpo_agent.ig.live.score_after_prefill`, feeds the answer wrapper's few tokens
-   in one extra forward and crops the cache back). The sampler knows nothing of IG.
+   :meth:`igpo_agent.ig.live.LiveBeliefHook.after_prefill`, feeds the answer wrapper's few
+   tokens in one extra forward and crops the cache back). The sampler knows nothing of IG.
 2. **Decode** one token per step for the rows still running, with the cache.
 3. **Stop** a row at EOS, at its token budget, or when the decoded tail of its turn
    contains one of its stop strings (checked only when the new token could complete one,
@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from igpo_agent.model.kv_cache import cache_is_reusable, new_cache
 from igpo_agent.model.loading import returned_cache, with_cache
-from igpo_agent.rollout.kv_cache import GrowingLayer, new_cache
 
 __all__ = [
     "EpisodeCache",
@@ -126,8 +125,8 @@ class TurnRequest:
     """KV cache of the tokens before ``new_tokens`` (None: start from nothing)."""
     gold: Any = None
     """What ``generate_turn``'s ``after_prefill`` hook scores for this row after the prefill,
-    from the live cache (for live IG a :class:`~igpo_agent.ig.gold.GoldSpec`); None: no
-    scoring."""
+    from the live cache (the episode's ``BeliefHook.gold``; for live IG a ``GoldSpec``);
+    None: no scoring."""
 
 
 @dataclass
@@ -344,12 +343,6 @@ def extract_row(cache: DynamicCache, row: int, keep: torch.Tensor) -> EpisodeCac
             for layer in cache.layers
         ]
     )
-
-
-def cache_is_reusable(cache: object) -> bool:
-    """Only plain full-attention dynamic caches can be split per row and stitched back."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in layers)
 
 
 @torch.no_grad()

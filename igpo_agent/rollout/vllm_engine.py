@@ -1,10 +1,10 @@
-# Over 400 lines: the whole vLLM adapter in one module, so that the main environment never imports vLLM.
 """A vLLM rollout engine: the same episodes and Trajectory records as the HF engine, faster.
 
 The learner still computes training log-probs with the HF model (ratio and KL use those,
-as verl does; vLLM's own log-probs weight the loss through TIS); vLLM only samples the turns, optionally scores beliefs, and gets the
-policy's weights pushed into it after every optimiser step. Install and settings:
-``docs/VLLM.md``; this module is the only one that imports ``vllm``.
+as verl does; vLLM's own log-probs weight the loss through TIS); vLLM only samples the
+turns, scores prompt tokens (:meth:`VLLMEngine.prompt_logprobs`) and gets the policy's weights
+pushed into it after every optimiser step. Install and settings: ``docs/VLLM.md``; this module
+is the only one that imports ``vllm``.
 
 - :meth:`VLLMEngine.rollout_batch` has :func:`igpo_agent.rollout.episodes.rollout_batch`'s
   semantics, driven by the same episode helpers (reset, context guard, observation
@@ -19,8 +19,9 @@ policy's weights pushed into it after every optimiser step. Install and settings
   :func:`igpo_agent.algo.loss.truncated_is_weights`), since vLLM's kernels differ from HF's.
 - :meth:`VLLMEngine.sync_weights` pushes the policy (LoRA merged in, or full weights) with
   ``collective_rpc("reload_weights")`` and drops the prefix cache (it holds old KV).
-- :func:`vllm_beliefs` scores ``prefix + answer wrapper`` with ``prompt_logprobs``,
-  with :func:`igpo_agent.ig.beliefs.reencoded_beliefs`'s contract.
+- :meth:`VLLMEngine.prompt_logprobs` returns every token's log-prob under the engine's
+  weights; :mod:`igpo_agent.ig.vllm_beliefs` turns those into belief values
+  (``ig_method="vllm"``). The engine knows nothing of IG: ``rollout/`` never imports ``ig/``.
 
 Process-wide side effects of an in-process vLLM engine, and what is done about them:
 vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op and reseeds torch's
@@ -42,8 +43,6 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from igpo_agent.ig.beliefs import _validate
-from igpo_agent.ig.gold import GoldSpec, trajectory_gold_specs
 from igpo_agent.rollout.episodes import (
     PromptFn,
     RolloutStats,
@@ -56,7 +55,7 @@ from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Trajectory
 from igpo_agent.rollout.vllm_weights import merged_state_dict
 
-__all__ = ["VLLMEngine", "configure_vllm_env", "vllm_beliefs"]
+__all__ = ["VLLMEngine", "configure_vllm_env"]
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32"}
 
@@ -365,64 +364,3 @@ class VLLMEngine:
                 row.append(float(entry[int(seq[p])].logprob) if ok else float("nan"))
             rows.append(row)
         return rows
-
-    def beliefs(
-        self,
-        seqs: Sequence[Sequence[int]],
-        boundaries: Sequence[Sequence[int]],
-        golds: Sequence[GoldSpec],
-    ) -> list[list[float]]:
-        """:func:`vllm_beliefs` on this engine."""
-        return vllm_beliefs(self, seqs, boundaries, golds)
-
-    def trajectory_beliefs(
-        self, trajectories: Sequence[Trajectory], answer_prefix: str, answer_suffix: str
-    ) -> list[list[float]]:
-        """:func:`igpo_agent.ig.beliefs.reencoded_trajectory_beliefs` through this engine."""
-        return vllm_beliefs(
-            self,
-            [tr.token_ids for tr in trajectories],
-            [tr.boundaries() for tr in trajectories],
-            trajectory_gold_specs(self.tokenizer, trajectories, answer_prefix, answer_suffix),
-        )
-
-
-def vllm_beliefs(
-    engine: VLLMEngine,
-    seqs: Sequence[Sequence[int]],
-    boundaries: Sequence[Sequence[int]],
-    golds: Sequence[GoldSpec],
-) -> list[list[float]]:
-    """v_t for every boundary, as :func:`igpo_agent.ig.beliefs.reencoded_beliefs` defines it.
-
-    One scoring prompt per (trajectory, boundary): ``seq[:b_t] + wrapper[:last scored + 1]``;
-    ``v_t`` is the mean prompt log-prob of the gold's tokens. Identical prompts (the G
-    rollouts of a question share b_0) are scored once; all go in one ``generate`` call.
-    The prefix cache is read (the history is shared across boundaries); a value whose gold
-    position fell inside the cached part (vLLM leaves those unset) is rescored without it.
-    """
-    _validate(seqs, boundaries, golds)
-    prompts: dict[tuple[int, ...], int] = {}
-    where: list[list[tuple[int, list[int]]]] = []
-    for seq, bounds, gold in zip(seqs, boundaries, golds, strict=True):
-        row = []
-        for b in bounds:
-            prompt = tuple(int(t) for t in seq[:b]) + gold.ids[: gold.scored[-1] + 1]
-            idx = prompts.setdefault(prompt, len(prompts))
-            row.append((idx, [b + j for j in gold.scored]))
-        where.append(row)
-    unique = [list(p) for p in prompts]
-    scored = engine.prompt_logprobs(unique, read_prefix_cache=True) if unique else []
-    redo = sorted(
-        {
-            idx
-            for row in where
-            for idx, pos in row
-            if any(scored[idx][p] != scored[idx][p] for p in pos)
-        }
-    )
-    if redo:
-        fresh = engine.prompt_logprobs([unique[i] for i in redo], read_prefix_cache=False)
-        for i, values in zip(redo, fresh, strict=True):
-            scored[i] = values
-    return [[sum(scored[idx][p] for p in pos) / len(pos) for idx, pos in row] for row in where]

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from igpo_agent.ig.beliefs import reencoded_beliefs  # noqa: E402
 from igpo_agent.ig.gold import gold_spec  # noqa: E402
+from igpo_agent.ig.vllm_beliefs import vllm_beliefs  # noqa: E402
 from igpo_agent.model.policy import LoraSettings, Policy  # noqa: E402
 from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch  # noqa: E402
 from igpo_agent.rollout.trajectory import Trajectory  # noqa: E402
@@ -204,7 +205,7 @@ def test_belief_values_match_hf_packed(engine, hf_model, smol_tokenizer, monkeyp
     monkeypatch.setattr(engine, "prompt_logprobs", spy)
     engine.llm.reset_prefix_cache()
     for _ in range(2):
-        got = engine.beliefs(seqs, bounds, specs)
+        got = vllm_beliefs(engine, seqs, bounds, specs)
         assert [len(r) for r in got] == [len(b) for b in bounds]
         for g, r in zip(got, ref, strict=True):
             torch.testing.assert_close(torch.tensor(g), torch.tensor(r), atol=1e-4, rtol=0)

@@ -8,7 +8,7 @@ import torch
 import igpo_agent  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from igpo_agent.ig.beliefs import reencoded_beliefs
 from igpo_agent.ig.gold import gold_spec, trajectory_gold_specs
-from igpo_agent.ig.live import score_after_prefill, score_on_cache
+from igpo_agent.ig.live import LiveBeliefHook, score_after_prefill, score_on_cache
 from igpo_agent.rollout.episodes import GenerationSettings, RolloutStats, rollout_batch
 from igpo_agent.rollout.sampling import TurnRequest, generate_turn
 from tests.igpo_agent.rollout.test_episodes import TASKS, make_envs
@@ -31,7 +31,7 @@ def _rollout(model, tok, prompt_fn, *, score: bool, reuse: bool = True, seed: in
         generator=torch.Generator().manual_seed(seed),
         seed=seed,
         stats=stats,
-        score_beliefs=score,
+        belief_hook=LiveBeliefHook(tok) if score else None,
     )
     return trajs, stats
 
@@ -117,20 +117,25 @@ def test_cache_is_left_as_it_was(smol):
         torch.testing.assert_close(v1, v2)
 
 
-def test_a_gold_needs_the_hook_and_the_sampler_imports_no_ig_code(smol):
+def test_a_gold_needs_the_hook(smol):
+    """(That rollout/ imports no ig/ code is tests/igpo_agent/test_layout.py's check.)"""
     model, tok, _ = smol
     prompt = tok.encode("Who wrote the novel 1984? Answer:")
     gold = gold_spec(tok, "George Orwell", PREFIX, SUFFIX)
     with pytest.raises(ValueError, match="after_prefill"):
         generate_turn(model, tok, [TurnRequest(prompt, 2, gold=gold)], temperature=0.0)
-    import ast
 
-    import igpo_agent.rollout.sampling as sampling
 
-    tree = ast.parse(open(sampling.__file__).read())
-    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m and m.startswith("igpo_agent.ig")]
+def test_the_hook_needs_the_answer_wrapper_and_memoises_its_golds(smol_tokenizer):
+    hook = LiveBeliefHook(smol_tokenizer)
+    info = {"protocol": {"answer_prefix": PREFIX, "answer_suffix": SUFFIX}}
+    spec = hook.gold(["George Orwell", "Orwell"], info)
+    assert spec == gold_spec(smol_tokenizer, "George Orwell", PREFIX, SUFFIX)
+    assert hook.gold(["George Orwell"], info) is spec
+    with pytest.raises(ValueError, match="answer wrapper"):
+        hook.gold(["George Orwell"], {"protocol": {}})
+    with pytest.raises(ValueError, match="answer wrapper"):
+        hook.gold([], info)
 
 
 def test_score_on_cache_checks_its_batch(smol):

@@ -29,10 +29,21 @@ def test_reencoding_scorers_call_the_reencoded_path_with_their_method(method, mo
     assert calls == [("P", ["t"], "<a>", "</a>", method)]
 
 
-def test_vllm_scores_through_the_engine_and_needs_it():
-    engine = object.__new__(VLLMRollouts)  # no vLLM started: only the bound method is taken
+def test_vllm_scores_through_the_engine_and_needs_it(monkeypatch):
+    import igpo_agent.ig.scorer as scorer_mod
+
+    calls = []
+
+    def fake(llm, trajs, prefix, suffix):
+        calls.append((llm, list(trajs), prefix, suffix))
+        return [[0.25]]
+
+    monkeypatch.setattr(scorer_mod, "vllm_trajectory_beliefs", fake)
+    engine = object.__new__(VLLMRollouts)  # no vLLM started: the scorer only reads .engine
+    engine.engine = "the VLLMEngine"
     score = make_belief_scorer("vllm", policy=None, engine=engine)
-    assert score == engine.trajectory_beliefs
+    assert score(["t"], "<a>", "</a>") == [[0.25]]
+    assert calls == [("the VLLMEngine", ["t"], "<a>", "</a>")]
     with pytest.raises(ValueError, match="engine=vllm"):
         make_belief_scorer("vllm", policy=None, engine=HFEngine(policy=None))
     with pytest.raises(ValueError, match="unknown ig_method"):

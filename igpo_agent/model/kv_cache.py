@@ -12,6 +12,12 @@ concatenating cache (tested), at ~1.1x the decode speed.
 Everything else is ``DynamicLayer``'s: ``crop`` and ``batch_select_indices`` replace
 ``keys``/``values`` with a view or a new tensor, and the next ``update`` notices (the
 tensor no longer starts the buffer) and re-seeds a buffer from it.
+
+:func:`cache_is_reusable` says whether a cache the model returned is made only of such
+plain full-attention layers, which is what the rollout's per-row cache reuse
+(:mod:`igpo_agent.rollout.sampling`) and live IG scoring (:mod:`igpo_agent.ig.live`) need.
+It lives here, with the model's cache, so that both import it from ``model/`` and
+neither imports the other.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+__all__ = ["SPARE", "GrowingLayer", "cache_is_reusable", "new_cache"]
 
 SPARE = 128
 """Columns of room a new buffer gets at least: a turn of decoding without reallocation."""
@@ -77,3 +85,11 @@ def new_cache(data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -
     for i, (k, v) in enumerate(data or ()):
         cache.update(k, v, i)
     return cache
+
+
+def cache_is_reusable(cache: object) -> bool:
+    """Whether ``cache`` is made only of plain full-attention layers (``DynamicLayer`` or
+    :class:`GrowingLayer`, exactly: sliding-window and other subclasses are not), the
+    only ones whose rows can be split out, cropped and stitched back together."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in layers)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from igpo_agent.model import kv_cache
+from igpo_agent.model.kv_cache import GrowingLayer, cache_is_reusable, new_cache
 from igpo_agent.model.loading import returned_cache, with_cache
-from igpo_agent.rollout import kv_cache
-from igpo_agent.rollout.kv_cache import GrowingLayer, new_cache
-from igpo_agent.rollout.sampling import cache_is_reusable
 
 
 @torch.no_grad()
