@@ -7,7 +7,9 @@ warm start, before RL) and ``eval/step-N.jsonl`` (after), ``probe/step-K.jsonl``
 per arm: sampled rollouts, dev F1 before -> after with the paired 95% bootstrap interval of
 after - before, answer flips, F1 where the gold was retrieved, format errors, the probe's
 reward first -> last with its paired interval, the share of sampled groups with all-equal
-outcomes, and wall time. With --markdown, a Markdown table instead.
+outcomes, the share of trained tokens with a non-zero advantage, and wall time; from the
+second arm on, its final dev F1 minus the first arm's on the same questions (paired). With
+--markdown, a Markdown table instead.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ def _steps(folder: Path, sub: str) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in (folder / sub).glob("step-*.jsonl"))
 
 
-def arm_row(folder: Path) -> dict[str, str]:
-    """The comparison figures of one pilot arm, formatted."""
+def _final_eval(folder: Path) -> list[dict]:
+    return _jsonl(folder / "eval" / f"step-{_steps(folder, 'eval')[-1]}.jsonl")
+
+
+def arm_row(folder: Path, base: Path | None = None) -> dict[str, str]:
+    """The comparison figures of one pilot arm, formatted (``base``: the arm to compare with)."""
     steps = _steps(folder, "eval")
     before = _jsonl(folder / "eval" / f"step-{steps[0]}.jsonl")
     after = _jsonl(folder / "eval" / f"step-{steps[-1]}.jsonl")
@@ -56,6 +62,14 @@ def arm_row(folder: Path) -> dict[str, str]:
     seen = max((m.get("charts/rollouts_seen", 0) for m in metrics), default=0)
     wall = max((m.get("wall_s", 0) for m in metrics), default=0)
     equal = sum(m["charts/all_equal_outcome_groups"] for m in train) / max(len(train), 1)
+    nonzero = sum(m.get("charts/nonzero_advantage_tokens", 0) for m in train) / max(len(train), 1)
+    versus = "-"
+    if base is not None and base != folder:
+        other = {r["qid"]: r for r in _final_eval(base)}
+        shared = [q for q in qids if q in other]
+        versus = paired_diff_ci(
+            [other[q]["f1"] for q in shared], [a[q]["f1"] for q in shared]
+        ).fmt()
     fmt = sum(not r["format_ok"] for r in after) / len(after)
     f1_ret = sum(r["f1"] for r in ret_a) / max(len(ret_a), 1)
     return {
@@ -68,13 +82,16 @@ def arm_row(folder: Path) -> dict[str, str]:
         "format errors": f"{100 * fmt:.1f}%",
         "probe reward": probe,
         "all-equal groups": f"{100 * equal:.0f}%",
+        "non-zero adv. tokens": f"{100 * nonzero:.0f}%",
+        "after vs first arm": versus,
         "wall": f"{wall / 60:.0f} min",
     }
 
 
 def main(argv: list[str]) -> None:
     markdown = "--markdown" in argv
-    rows = [arm_row(Path(p)) for p in argv if p != "--markdown"]
+    folders = [Path(p) for p in argv if p != "--markdown"]
+    rows = [arm_row(f, folders[0]) for f in folders]
     if not rows:
         raise SystemExit(__doc__)
     keys = list(rows[0])
