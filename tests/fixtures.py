@@ -12,6 +12,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+# Two documents and their two questions: the small world several learner tests roll out in.
+PARIS_NILE_DOCS = [
+    ("d1", "Paris", "Paris is the capital and largest city of France."),
+    ("d2", "Nile", "The Nile is a major river in northeastern Africa."),
+]
+PARIS_NILE_QA = [
+    ("q1", "What is the capital of France?", ["Paris"]),
+    ("q2", "Which river?", ["Nile"]),
+]
+
 
 def write_corpus(path: Path, docs: Iterable[tuple[str, str, str]]) -> str:
     """Write ``(id, title, text)`` documents as a JSONL corpus; returns the path as str."""

@@ -143,17 +143,8 @@ class LiveBeliefHook:
             self._specs[key] = gold_spec(self.tokenizer, *key)
         return self._specs[key]
 
-    def after_prefill(
-        self,
-        model: torch.nn.Module,
-        kv: Any,
-        mask: torch.Tensor,
-        next_pos: torch.Tensor,
-        last_logits: torch.Tensor,
-        golds: Sequence[GoldSpec | None],
-    ) -> tuple[list[float | None], int]:
-        """:func:`score_after_prefill` (the sampler's ``after_prefill`` hook)."""
-        return score_after_prefill(model, kv, mask, next_pos, last_logits, golds)
+    # the sampler's ``after_prefill`` hook: :func:`score_after_prefill` itself
+    after_prefill = staticmethod(score_after_prefill)
 
 
 def recorded_beliefs(trajs: Sequence[Any], *_: Any) -> list[list[float]]:

@@ -18,13 +18,9 @@ from igpo_agent.model.prompts import policy_prompt_fn
 from igpo_agent.rollout.episodes import rollout_batch
 from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Span, Trajectory
-from tests.fixtures import write_corpus, write_qa
+from tests.fixtures import PARIS_NILE_DOCS, PARIS_NILE_QA, write_corpus, write_qa
 
-DOCS = [
-    ("d1", "Paris", "Paris is the capital and largest city of France."),
-    ("d2", "Nile", "The Nile is a major river in northeastern Africa."),
-]
-QA = [("q1", "What is the capital of France?", ["Paris"]), ("q2", "Which river?", ["Nile"])]
+DOCS, QA = PARIS_NILE_DOCS, PARIS_NILE_QA
 
 
 @pytest.fixture(scope="module")
