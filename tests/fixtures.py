@@ -23,6 +23,29 @@ PARIS_NILE_QA = [
 ]
 
 
+def paris_nile_rollouts(
+    policy: Any, envs: Sequence[Any], seed: int, temperature: float = 1.0
+) -> list:
+    """Two rollouts of each Paris/Nile question (8 new tokens a turn, tags protocol), seeded."""
+    import torch
+
+    from igpo_agent.model.prompts import policy_prompt_fn
+    from igpo_agent.rollout.episodes import rollout_batch
+    from igpo_agent.rollout.sampling import GenerationSettings
+
+    return rollout_batch(
+        policy.model,
+        policy.tokenizer,
+        policy_prompt_fn(policy, "tags"),
+        envs,
+        [{"index": 0}, {"index": 1}],
+        group_size=2,
+        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+    )
+
+
 def write_corpus(path: Path, docs: Iterable[tuple[str, str, str]]) -> str:
     """Write ``(id, title, text)`` documents as a JSONL corpus; returns the path as str."""
     path.write_text(

@@ -14,11 +14,14 @@ from igpo_agent.learn.learner import (
     pad_batch,
     policy_update,
 )
-from igpo_agent.model.prompts import policy_prompt_fn
-from igpo_agent.rollout.episodes import rollout_batch
-from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Span, Trajectory
-from tests.fixtures import PARIS_NILE_DOCS, PARIS_NILE_QA, write_corpus, write_qa
+from tests.fixtures import (
+    PARIS_NILE_DOCS,
+    PARIS_NILE_QA,
+    paris_nile_rollouts,
+    write_corpus,
+    write_qa,
+)
 
 DOCS, QA = PARIS_NILE_DOCS, PARIS_NILE_QA
 
@@ -34,19 +37,7 @@ def envs(tmp_path_factory):
         e.close()
 
 
-def _rollouts(policy, envs, seed, temperature=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return rollout_batch(
-        policy.model,
-        policy.tokenizer,
-        policy_prompt_fn(policy, "tags"),
-        envs,
-        [{"index": 0}, {"index": 1}],
-        group_size=2,
-        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
-        generator=gen,
-        seed=seed,
-    )
+_rollouts = paris_nile_rollouts
 
 
 def test_two_updates_change_every_lora_parameter_and_no_base_one(tiny_policy, envs):

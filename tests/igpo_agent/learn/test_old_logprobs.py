@@ -16,11 +16,14 @@ from igpo_agent.learn.old_logprobs import (
     has_recorded_logprobs,
     recorded_logprobs,
 )
-from igpo_agent.model.prompts import policy_prompt_fn
-from igpo_agent.rollout.episodes import rollout_batch
-from igpo_agent.rollout.sampling import GenerationSettings
 from igpo_agent.rollout.trajectory import Span, Trajectory
-from tests.fixtures import PARIS_NILE_DOCS, PARIS_NILE_QA, write_corpus, write_qa
+from tests.fixtures import (
+    PARIS_NILE_DOCS,
+    PARIS_NILE_QA,
+    paris_nile_rollouts,
+    write_corpus,
+    write_qa,
+)
 
 DOCS, QA = PARIS_NILE_DOCS, PARIS_NILE_QA
 
@@ -102,18 +105,7 @@ def envs(tmp_path_factory):
         e.close()
 
 
-def _rollouts(policy, envs, seed: int, temperature: float = 1.0) -> list[Trajectory]:
-    return rollout_batch(
-        policy.model,
-        policy.tokenizer,
-        policy_prompt_fn(policy, "tags"),
-        envs,
-        [{"index": 0}, {"index": 1}],
-        group_size=2,
-        settings=GenerationSettings(max_new_tokens=8, temperature=temperature),
-        generator=torch.Generator().manual_seed(seed),
-        seed=seed,
-    )
+_rollouts = paris_nile_rollouts
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
